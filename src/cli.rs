@@ -1,0 +1,540 @@
+//! Command-line interface: argument parsing, password entry and the messages
+//! users see. The command forms follow DESIGN.md section 7.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::config::{validate_kn, validate_name, VaultConfig, FORMAT_VERSION};
+use crate::crypto::{KdfParams, VaultKeys};
+use crate::daemon::{self, Request};
+use crate::vault::{Vault, VaultOptions};
+
+#[derive(Parser)]
+#[command(name = "drizzle", version, about = "A peer-to-peer encrypted cloud drive", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Data directory of the vault (default: $XDG_DATA_HOME/drizzle).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Read the password from this file (else DRIZZLE_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a vault in the data dir.
+    #[command(
+        after_help = "Example:\n  drizzle init --vault photos --data-dir ~/.local/share/drizzle"
+    )]
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Name of the vault; with the password it determines the keys.
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        /// Fragments needed to rebuild an object.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Fragments made per object.
+        #[arg(long, default_value_t = 16)]
+        n: u32,
+        /// Argon2id memory (at least 64M).
+        #[arg(long, value_name = "SIZE", default_value = "256M")]
+        kdf_memory: String,
+        /// Argon2id passes (at least 3).
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        kdf_passes: u32,
+        /// Accept a password the strength estimate calls very weak.
+        #[arg(long)]
+        allow_weak_password: bool,
+    },
+    /// Mount the vault at MOUNTPOINT (in the background unless --foreground).
+    #[command(
+        after_help = "Example:\n  drizzle mount ~/Drive\n  DRIZZLE_PASSWORD=... drizzle mount /mnt/drive --data-dir /srv/drizzle --foreground"
+    )]
+    Mount {
+        #[command(flatten)]
+        common: Common,
+        mountpoint: PathBuf,
+        /// Expected vault name (refused if the data dir holds another vault).
+        #[arg(long, value_name = "NAME")]
+        vault: Option<String>,
+        /// Stay in the foreground; Ctrl-C unmounts.
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: started by a background mount (password on stdin).
+        #[arg(long, hide = true)]
+        daemon_child: bool,
+    },
+    /// Show the running vault's state.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every acknowledged write is sealed and stored durably.
+    Sync {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Flush and unmount a mounted vault.
+    Umount {
+        #[command(flatten)]
+        common: Common,
+        mountpoint: PathBuf,
+    },
+    /// A throwaway vault mounted at DIR with sample files, for a first try.
+    Demo {
+        /// Where to mount (default ./drizzle-demo).
+        dir: Option<PathBuf>,
+        /// Stop by itself after this many seconds (default: wait for Ctrl-C).
+        #[arg(long, value_name = "SECS")]
+        seconds: Option<u64>,
+    },
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("drizzle");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/drizzle")
+}
+
+impl Common {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+}
+
+/// Parses SIZE: plain bytes or K/M/G/T (binary) suffixes.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("bad size '{s}': use bytes or a K/M/G/T suffix, e.g. 512M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size '{s}' is too large"))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Reads the password: DRIZZLE_PASSWORD, then --password-file, then a prompt.
+fn read_password(common: &Common, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(f) = &common.password_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read password file {}", f.display()))?,
+        );
+        let pw = text.trim_end_matches(['\n', '\r']);
+        if pw.is_empty() {
+            bail!("password file {} is empty", f.display());
+        }
+        return Ok(Zeroizing::new(pw.to_string()));
+    }
+    if let Ok(pw) = std::env::var("DRIZZLE_PASSWORD") {
+        if !pw.is_empty() {
+            return Ok(Zeroizing::new(pw));
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password given: set DRIZZLE_PASSWORD, pass --password-file FILE, or run in a terminal");
+    }
+    let pw = Zeroizing::new(
+        rpassword::prompt_password("Vault password: ").context("reading the password")?,
+    );
+    if confirm {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat password: ").context("reading the password")?,
+        );
+        if *pw != *again {
+            bail!("the passwords do not match");
+        }
+    }
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(pw)
+}
+
+/// Loads the config and derives the keys, failing clearly on a wrong password.
+fn unlock(data_dir: &Path, password: &str) -> anyhow::Result<(VaultConfig, VaultKeys)> {
+    let cfg = VaultConfig::load(data_dir)?;
+    let keys = VaultKeys::derive(password.as_bytes(), &cfg.vault, cfg.kdf)?;
+    if keys.key_check() != cfg.key_check {
+        bail!("wrong password for vault '{}'", cfg.vault);
+    }
+    Ok((cfg, keys))
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Init {
+            common,
+            vault,
+            k,
+            n,
+            kdf_memory,
+            kdf_passes,
+            allow_weak_password,
+        } => init(
+            &common,
+            &vault,
+            k,
+            n,
+            &kdf_memory,
+            kdf_passes,
+            allow_weak_password,
+        ),
+        Cmd::Mount {
+            common,
+            mountpoint,
+            vault,
+            foreground,
+            daemon_child,
+        } => mount(
+            &common,
+            &mountpoint,
+            vault.as_deref(),
+            foreground,
+            daemon_child,
+        ),
+        Cmd::Status { common, json } => status(&common, json),
+        Cmd::Sync { common } => {
+            daemon::request(&common.data_dir(), &Request::Sync)?;
+            println!("synced: every acknowledged write is sealed and stored durably");
+            Ok(())
+        }
+        Cmd::Umount {
+            common: _,
+            mountpoint,
+        } => umount(&mountpoint),
+        Cmd::Demo { dir, seconds } => crate::demo::run(dir, seconds),
+    }
+}
+
+/// Creates a vault; shared by `init` and the demo.
+pub fn create_vault(
+    data_dir: &Path,
+    name: &str,
+    password: &str,
+    kdf: KdfParams,
+    k: u32,
+    n: u32,
+) -> anyhow::Result<()> {
+    validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
+    validate_kn(k, n).map_err(|e| anyhow!("bad --k/--n: {e}"))?;
+    kdf.validate()?;
+    if VaultConfig::path(data_dir).exists() {
+        bail!("a vault already exists in {}", data_dir.display());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
+    let cfg = VaultConfig {
+        format: FORMAT_VERSION,
+        vault: name.to_string(),
+        kdf,
+        key_check: keys.key_check(),
+        k,
+        n,
+    };
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    Vault::create(data_dir, &keys, uid, gid)?;
+    cfg.create(data_dir)?;
+    Ok(())
+}
+
+fn init(
+    common: &Common,
+    name: &str,
+    k: u32,
+    n: u32,
+    kdf_memory: &str,
+    kdf_passes: u32,
+    allow_weak: bool,
+) -> anyhow::Result<()> {
+    let data_dir = common.data_dir();
+    if VaultConfig::path(&data_dir).exists() {
+        bail!("a vault already exists in {}", data_dir.display());
+    }
+    let m = parse_size(kdf_memory)? / 1024;
+    let kdf = KdfParams {
+        m_kib: u32::try_from(m).map_err(|_| anyhow!("--kdf-memory is too large"))?,
+        t: kdf_passes,
+        p: 2,
+    };
+    kdf.validate()
+        .map_err(|e| anyhow!("--kdf-memory/--kdf-passes: {e}"))?;
+    let password = read_password(common, true)?;
+    check_strength(&password, name, allow_weak)?;
+    create_vault(&data_dir, name, &password, kdf, k, n)?;
+    println!("created vault '{name}' in {}", data_dir.display());
+    println!("keep the vault name and password safe: together they are the only way to the data");
+    Ok(())
+}
+
+/// Refuses very weak passwords (zxcvbn score 0-1) unless allowed; warns on 2.
+fn check_strength(password: &str, name: &str, allow_weak: bool) -> anyhow::Result<()> {
+    let est = zxcvbn::zxcvbn(password, &[name, "drizzle"]);
+    let score = est.score() as u8;
+    let hint = est
+        .feedback()
+        .and_then(|f| f.warning().map(|w| w.to_string()))
+        .unwrap_or_default();
+    if score <= 1 && !allow_weak {
+        bail!(
+            "the password is too weak (strength {score}/4{}): anyone holding the vault name can guess it offline. \
+             Use a longer passphrase, or pass --allow-weak-password",
+            if hint.is_empty() { String::new() } else { format!("; {hint}") }
+        );
+    }
+    if score <= 2 {
+        eprintln!("warning: the password is only moderately strong ({score}/4); a longer passphrase is safer");
+    }
+    Ok(())
+}
+
+fn mount(
+    common: &Common,
+    mountpoint: &Path,
+    want: Option<&str>,
+    foreground: bool,
+    child: bool,
+) -> anyhow::Result<()> {
+    let data_dir = common.data_dir();
+    if child {
+        // Started by a background mount: password on stdin, result on stdout.
+        let mut pw = Zeroizing::new(String::new());
+        std::io::stdin().read_to_string(&mut pw)?;
+        let r = mount_foreground(&data_dir, mountpoint, &pw, |r| {
+            let line = match r {
+                Ok(()) => "READY\n".to_string(),
+                Err(e) => format!("ERROR {e}\n"),
+            };
+            let mut out = std::io::stdout();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        });
+        if let Err(e) = &r {
+            println!("ERROR {e:#}");
+        }
+        return r;
+    }
+    let password = read_password(common, false)?;
+    let (cfg, _keys) = unlock(&data_dir, &password)?;
+    if let Some(w) = want {
+        if w != cfg.vault {
+            bail!(
+                "{} holds vault '{}', not '{w}'",
+                data_dir.display(),
+                cfg.vault
+            );
+        }
+    }
+    daemon::prepare_mountpoint(mountpoint)?;
+    if foreground {
+        return mount_foreground(&data_dir, mountpoint, &password, |r| match r {
+            Ok(()) => eprintln!(
+                "mounted vault '{}' at {}; Ctrl-C unmounts",
+                cfg.vault,
+                mountpoint.display()
+            ),
+            Err(e) => eprintln!("error: {e}"),
+        });
+    }
+    spawn_daemon(&data_dir, mountpoint, &password)?;
+    println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
+    Ok(())
+}
+
+fn mount_foreground(
+    data_dir: &Path,
+    mountpoint: &Path,
+    password: &str,
+    ready: impl FnOnce(Result<(), String>),
+) -> anyhow::Result<()> {
+    let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
+        let vault = Vault::open(data_dir, &cfg.vault, keys, VaultOptions::default())?;
+        Ok(vault)
+    });
+    let vault = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            ready(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    daemon::run_mount(vault, data_dir, mountpoint, ready)
+}
+
+/// Starts `drizzle mount --foreground` as a detached child and waits until it
+/// reports the mount live (or fails).
+fn spawn_daemon(data_dir: &Path, mountpoint: &Path, password: &str) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log_path = data_dir.join("drizzle.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening the log {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("locating the drizzle binary")?;
+    let mut child = Command::new(exe)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--foreground")
+        .arg("--daemon-child")
+        .env_remove("DRIZZLE_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .spawn()
+        .context("starting the mount daemon")?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(password.as_bytes())?;
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let line = line.trim_end();
+    if line == "READY" {
+        return Ok(());
+    }
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        let _ = child.wait();
+        bail!("{msg}");
+    }
+    let _ = child.wait();
+    bail!(
+        "the mount daemon exited unexpectedly; see {}",
+        log_path.display()
+    )
+}
+
+fn status(common: &Common, json: bool) -> anyhow::Result<()> {
+    let resp = daemon::request(&common.data_dir(), &Request::Status)?;
+    let s = resp
+        .status
+        .ok_or_else(|| anyhow!("the daemon sent no status"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("vault       {}", s.vault);
+    println!("mounted at  {} (pid {})", s.mountpoint.display(), s.pid);
+    println!("data dir    {}", s.data_dir.display());
+    println!("contents    {} files, {} directories", s.files, s.dirs);
+    println!(
+        "data        {} in files, {} stored in {} objects",
+        human_bytes(s.logical_bytes),
+        human_bytes(s.stored_bytes),
+        s.objects
+    );
+    println!("cache       {} in memory", human_bytes(s.cache_bytes));
+    println!(
+        "pending     {} not yet sealed",
+        human_bytes(s.pending_bytes)
+    );
+    Ok(())
+}
+
+fn umount(mountpoint: &Path) -> anyhow::Result<()> {
+    let abs = std::path::absolute(mountpoint)?;
+    let path = abs.canonicalize().unwrap_or(abs);
+    let (source, fstype) = daemon::mount_entry(&path)?
+        .ok_or_else(|| anyhow!("nothing is mounted at {}", path.display()))?;
+    if fstype != "fuse.drizzle" {
+        bail!("{} is not a drizzle mount (it is {fstype})", path.display());
+    }
+    let data_dir = PathBuf::from(source);
+    match daemon::request(&data_dir, &Request::Umount) {
+        Ok(_) => {}
+        Err(e)
+            if !daemon::socket_path(&data_dir).exists()
+                || e.to_string().contains("no drizzle daemon") =>
+        {
+            nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("unmounting {}", path.display()))?;
+            eprintln!(
+                "the daemon for {} was not running; removed the stale mount",
+                path.display()
+            );
+        }
+        Err(e) => return Err(e),
+    }
+    for _ in 0..300 {
+        if daemon::mount_entry(&path)?.is_none() {
+            println!("unmounted {}", path.display());
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{} is still mounted after 30 s", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn weak_passwords_are_refused() {
+        assert!(check_strength("password", "v", false).is_err());
+        assert!(check_strength("password", "v", true).is_ok());
+        assert!(check_strength("correct horse battery staple 9431!", "v", false).is_ok());
+    }
+}

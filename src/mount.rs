@@ -1,0 +1,571 @@
+//! The FUSE adapter: turns kernel requests into calls on [`Vault`].
+//!
+//! Every callback copies its arguments, moves the reply into a closure and
+//! runs it on the runtime's bounded blocking pool, so a FUSE thread never
+//! waits for storage (or, later, the network). The single mapping from
+//! [`VaultError`] to an errno lives in [`errno`].
+//!
+//! Architecture invariant: no storage, crypto or network types here; the
+//! vault is the only thing this module talks to.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::vault::{DirEntry, Ino, Inode, Kind, RenameMode, SetAttr, Time, Vault, VaultError};
+
+const TTL: Duration = Duration::from_secs(1);
+/// Block size reported by `stat`: large, so copy tools use large buffers.
+const BLKSIZE: u32 = 128 * 1024;
+
+pub fn errno(e: &VaultError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+pub fn attr(ino: Ino, i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: i.atime.into(),
+        mtime: i.mtime.into(),
+        ctime: i.ctime.into(),
+        crtime: i.crtime.into(),
+        kind: file_type(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> Time {
+    match t {
+        TimeOrNow::SpecificTime(t) => t.into(),
+        TimeOrNow::Now => Time::now(),
+    }
+}
+
+/// The mounted filesystem.
+pub struct DrizzleFs {
+    vault: Arc<Vault>,
+    rt: tokio::runtime::Handle,
+    /// The data dir, for `statfs` (the space that backs the vault).
+    data_dir: PathBuf,
+    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
+    next_fh: AtomicU64,
+}
+
+impl DrizzleFs {
+    pub fn new(vault: Arc<Vault>, rt: tokio::runtime::Handle, data_dir: &Path) -> Self {
+        DrizzleFs {
+            vault,
+            rt,
+            data_dir: data_dir.to_path_buf(),
+            dirs: Default::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs `f` on the blocking pool (bounded by the runtime's
+    /// `max_blocking_threads`), never on the FUSE thread.
+    fn run(&self, f: impl FnOnce(&Vault) + Send + 'static) {
+        let vault = self.vault.clone();
+        self.rt.spawn_blocking(move || f(&vault));
+    }
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<(Ino, Inode), VaultError>) {
+    match r {
+        Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), VaultError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, VaultError>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for DrizzleFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        self.run(move |v| reply_entry(reply, v.lookup(parent.0, &name)));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.run(move |v| match v.getattr(ino.0) {
+            Ok(i) => reply.attr(&TTL, &attr(ino.0, &i)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            ctime: ctime.map(Time::from),
+        };
+        self.run(move |v| match v.setattr(ino.0, set) {
+            Ok(i) => reply.attr(&TTL, &attr(ino.0, &i)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(move |v| match v.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let (name, uid, gid) = (name_bytes(name), req.uid(), req.gid());
+        self.run(move |v| {
+            reply_entry(
+                reply,
+                v.mknod(parent.0, &name, kind, mode as u16, uid, gid, rdev, None),
+            );
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, uid, gid) = (name_bytes(name), req.uid(), req.gid());
+        self.run(move |v| {
+            reply_entry(
+                reply,
+                v.mknod(parent.0, &name, Kind::Dir, mode as u16, uid, gid, 0, None),
+            );
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.run(move |v| reply_empty(reply, v.unlink(parent.0, &name)));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.run(move |v| reply_empty(reply, v.rmdir(parent.0, &name)));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, uid, gid) = (name_bytes(link_name), req.uid(), req.gid());
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.run(move |v| {
+            reply_entry(
+                reply,
+                v.mknod(
+                    parent.0,
+                    &name,
+                    Kind::Symlink,
+                    0o777,
+                    uid,
+                    gid,
+                    0,
+                    Some(&target),
+                ),
+            );
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (name, newname) = (name_bytes(name), name_bytes(newname));
+        self.run(move |v| {
+            reply_empty(
+                reply,
+                v.rename(parent.0, &name, newparent.0, &newname, mode),
+            )
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = name_bytes(newname);
+        self.run(move |v| {
+            reply_entry(
+                reply,
+                v.link(ino.0, newparent.0, &newname).map(|i| (ino.0, i)),
+            )
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(move |v| match v.open_file(ino.0) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(move |v| match v.read(ino.0, offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(move |v| match v.write(ino.0, offset, &data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.run(move |v| {
+            v.flush(ino.0);
+            reply.ok();
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(move |v| reply_empty(reply, v.release(ino.0)));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(move |v| reply_empty(reply, v.fsync(ino.0)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let dirs = self.dirs.clone();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.run(move |v| match v.readdir(ino.0) {
+            Ok(list) => {
+                dirs.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(list));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(list) = list else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are committed at once; make them durable.
+        self.run(move |v| reply_empty(reply, v.sync_metadata()));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let data_dir = self.data_dir.clone();
+        self.run(move |v| match nix::sys::statvfs::statvfs(&data_dir) {
+            Ok(s) => {
+                let files = v.inode_count();
+                reply.statfs(
+                    s.blocks(),
+                    s.blocks_free(),
+                    s.blocks_available(),
+                    files + s.files_available(),
+                    s.files_available(),
+                    s.block_size() as u32,
+                    255,
+                    s.fragment_size() as u32,
+                )
+            }
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let (name, value) = (name_bytes(name), value.to_vec());
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        self.run(move |v| reply_empty(reply, v.setxattr(ino.0, &name, &value, create, replace)));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name_bytes(name);
+        self.run(move |v| reply_xattr(reply, size, v.getxattr(ino.0, &name)));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.run(move |v| reply_xattr(reply, size, v.listxattr(ino.0)));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.run(move |v| reply_empty(reply, v.removexattr(ino.0, &name)));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (name, uid, gid) = (name_bytes(name), req.uid(), req.gid());
+        self.run(move |v| {
+            let r = v
+                .mknod(parent.0, &name, Kind::File, mode as u16, uid, gid, 0, None)
+                .and_then(|(ino, _)| Ok((ino, v.open_file(ino)?)));
+            match r {
+                Ok((ino, inode)) => reply.created(
+                    &TTL,
+                    &attr(ino, &inode),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        self.run(move |v| reply_empty(reply, v.allocate(ino.0, offset.saturating_add(length))));
+    }
+}

@@ -1,0 +1,370 @@
+//! Local storage: RocksDB for metadata (one column family per record kind) and
+//! sealed objects, small ones inline in RocksDB and large ones as files.
+//!
+//! Architecture invariant: the only module that imports `rocksdb`. It stores
+//! opaque bytes; it knows nothing about what they mean or how they are sealed.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::crypto::ObjectId;
+
+/// Errors from the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the vault database is in use by another drizzle process ({0})")]
+    Locked(String),
+    #[error("cannot open the vault database at {path}: {msg}")]
+    Open { path: PathBuf, msg: String },
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("object store IO error on {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+}
+
+fn db_err(e: rocksdb::Error) -> StoreError {
+    StoreError::Db(e.into_string())
+}
+
+/// Column families, one per record kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cf {
+    /// ino -> inode record.
+    Inodes,
+    /// parent ino ++ sealed name -> child ino and kind.
+    Dirents,
+    /// ino ++ chunk index -> object id and length.
+    Chunks,
+    /// object id -> reference count and size.
+    Objects,
+    /// object id -> sealed bytes (objects below the inline threshold).
+    Blobs,
+    /// ino ++ sealed attribute name -> sealed value.
+    Xattrs,
+    /// unlinked inodes still open when last seen; freed at the next start.
+    Orphans,
+    /// counters and the next inode number.
+    Meta,
+}
+
+const ALL_CFS: [Cf; 8] = [
+    Cf::Inodes,
+    Cf::Dirents,
+    Cf::Chunks,
+    Cf::Objects,
+    Cf::Blobs,
+    Cf::Xattrs,
+    Cf::Orphans,
+    Cf::Meta,
+];
+
+impl Cf {
+    /// Stable name, also bound into each sealed record's associated data.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Inodes => "inodes",
+            Cf::Dirents => "dirents",
+            Cf::Chunks => "chunks",
+            Cf::Objects => "objects",
+            Cf::Blobs => "blobs",
+            Cf::Xattrs => "xattrs",
+            Cf::Orphans => "orphans",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// Sealed objects up to this size live inline in RocksDB, so a small file's
+/// fsync is a single WAL sync.
+pub const INLINE_MAX: usize = 128 * 1024;
+
+/// A set of changes applied atomically by [`Store::write`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    delete_files: Vec<ObjectId>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), Some(value.into())));
+    }
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), None));
+    }
+    /// Stores a sealed object: inline in this batch when small, otherwise
+    /// written to its file now (durably) so the batch may refer to it.
+    pub fn put_object(
+        &mut self,
+        store: &Store,
+        id: &ObjectId,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        if sealed.len() <= INLINE_MAX {
+            self.put(Cf::Blobs, id.0.to_vec(), sealed.to_vec());
+            Ok(())
+        } else {
+            store.write_object_file(id, sealed)
+        }
+    }
+    /// Removes an object; its file (if any) is removed after the batch commits.
+    pub fn delete_object(&mut self, id: &ObjectId, size: u64) {
+        if size as usize <= INLINE_MAX {
+            self.delete(Cf::Blobs, id.0.to_vec());
+        } else {
+            self.delete_files.push(*id);
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.delete_files.is_empty()
+    }
+}
+
+/// The vault's local database and object directory.
+pub struct Store {
+    db: rocksdb::DB,
+    objects_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db_path = dir.join("db");
+        let objects_dir = dir.join("objects");
+        fs::create_dir_all(&objects_dir).map_err(|err| StoreError::Io {
+            path: objects_dir.clone(),
+            err,
+        })?;
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(256 << 20);
+        let cfs = ALL_CFS.iter().map(|cf| {
+            let mut o = rocksdb::Options::default();
+            if *cf == Cf::Blobs {
+                // Values up to INLINE_MAX: keep them out of the LSM tree.
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(4096);
+                o.set_enable_blob_gc(true);
+            }
+            rocksdb::ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = rocksdb::DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
+            let msg = e.into_string();
+            if msg.contains("lock") || msg.contains("LOCK") {
+                StoreError::Locked(msg)
+            } else {
+                StoreError::Open {
+                    path: db_path.clone(),
+                    msg,
+                }
+            }
+        })?;
+        Ok(Store { db, objects_dir })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        // Every family is created at open.
+        self.db.cf_handle(cf.name()).expect("column family exists")
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf), key).map_err(db_err)
+    }
+
+    /// All records whose key starts with `prefix`, in key order, at most `limit`.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(cf),
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch atomically (not yet synced: see [`sync`](Self::sync)),
+    /// then removes the object files it released.
+    pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wb = rocksdb::WriteBatch::default();
+        for (cf, k, v) in &batch.ops {
+            match v {
+                Some(v) => wb.put_cf(self.cf(*cf), k, v),
+                None => wb.delete_cf(self.cf(*cf), k),
+            }
+        }
+        self.db.write(wb).map_err(db_err)?;
+        for id in batch.delete_files {
+            let path = self.object_path(&id);
+            if let Err(err) = fs::remove_file(&path) {
+                if err.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(object = %id, "cannot remove released object file: {err}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every batch written so far durable (one WAL fsync).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(db_err)
+    }
+
+    fn object_path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.to_hex();
+        self.objects_dir.join(&hex[..2]).join(&hex)
+    }
+
+    fn write_object_file(&self, id: &ObjectId, sealed: &[u8]) -> Result<(), StoreError> {
+        let path = self.object_path(id);
+        let io_err = |err| StoreError::Io {
+            path: path.clone(),
+            err,
+        };
+        let dir = path.parent().expect("object path has a parent");
+        let new_dir = !dir.exists();
+        if new_dir {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        // Two workers may store the same (deduplicated) object at once.
+        let tmp = path.with_extension(format!("tmp{}", rand::random::<u64>()));
+        let mut f = fs::File::create(&tmp).map_err(io_err)?;
+        f.write_all(sealed).map_err(io_err)?;
+        f.sync_data().map_err(io_err)?;
+        fs::rename(&tmp, &path).map_err(io_err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
+        if new_dir {
+            fs::File::open(&self.objects_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a sealed object, inline or from its file. `None` if absent.
+    pub fn read_object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.get(Cf::Blobs, &id.0)? {
+            return Ok(Some(v));
+        }
+        let path = self.object_path(id);
+        match fs::read(&path) {
+            Ok(v) => Ok(Some(v)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(StoreError::Io { path, err }),
+        }
+    }
+
+    /// Object files with no reference: left by a crash between writing an
+    /// object and committing the metadata that names it.
+    pub fn remove_unreferenced_files(
+        &self,
+        referenced: impl Fn(&ObjectId) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let io_err = |path: &Path, err| StoreError::Io {
+            path: path.to_path_buf(),
+            err,
+        };
+        for shard in fs::read_dir(&self.objects_dir).map_err(|e| io_err(&self.objects_dir, e))? {
+            let shard = shard.map_err(|e| io_err(&self.objects_dir, e))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(&shard).map_err(|e| io_err(&shard, e))? {
+                let path = entry.map_err(|e| io_err(&shard, e))?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let keep = parse_hex_id(name).is_some_and(|id| referenced(&id));
+                if !keep {
+                    fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn parse_hex_id(s: &str) -> Option<ObjectId> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ObjectId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_objects_and_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let small = vec![1u8; 100];
+        let big = vec![2u8; INLINE_MAX + 1];
+        let (sid, bid) = (ObjectId::of(&small), ObjectId::of(&big));
+        let mut b = Batch::default();
+        b.put_object(&store, &sid, &small).unwrap();
+        b.put_object(&store, &bid, &big).unwrap();
+        b.put(Cf::Dirents, b"\x00\x01a".to_vec(), b"1".to_vec());
+        b.put(Cf::Dirents, b"\x00\x01b".to_vec(), b"2".to_vec());
+        b.put(Cf::Dirents, b"\x00\x02a".to_vec(), b"3".to_vec());
+        store.write(b).unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.read_object(&sid).unwrap().unwrap(), small);
+        assert_eq!(store.read_object(&bid).unwrap().unwrap(), big);
+        assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 10).unwrap().len(), 2);
+        assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 1).unwrap().len(), 1);
+
+        let mut b = Batch::default();
+        b.delete_object(&bid, big.len() as u64);
+        store.write(b).unwrap();
+        assert!(store.read_object(&bid).unwrap().is_none());
+        drop(store);
+
+        // Reopen: data is still there; a second opener is refused.
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        assert_eq!(store.read_object(&sid).unwrap().unwrap(), small);
+    }
+
+    #[test]
+    fn unreferenced_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = vec![3u8; INLINE_MAX * 2];
+        let b = vec![4u8; INLINE_MAX * 2];
+        let (aid, bid) = (ObjectId::of(&a), ObjectId::of(&b));
+        let mut batch = Batch::default();
+        batch.put_object(&store, &aid, &a).unwrap();
+        batch.put_object(&store, &bid, &b).unwrap();
+        assert_eq!(store.remove_unreferenced_files(|id| *id == aid).unwrap(), 1);
+        assert!(store.read_object(&aid).unwrap().is_some());
+        assert!(store.read_object(&bid).unwrap().is_none());
+    }
+}

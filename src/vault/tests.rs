@@ -1,0 +1,281 @@
+//! Vault engine tests through its API (no FUSE): namespace rules, file data
+//! against a model, crash-free persistence across reopen.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::chunk::CHUNK_SIZE;
+
+fn keys() -> VaultKeys {
+    VaultKeys::from_master(&[42u8; 32])
+}
+
+fn open(dir: &Path) -> Arc<Vault> {
+    let opts = VaultOptions {
+        idle_flush: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    Vault::open(dir, "t", keys(), opts).unwrap()
+}
+
+fn fresh() -> (tempfile::TempDir, Arc<Vault>) {
+    let dir = tempfile::tempdir().unwrap();
+    Vault::create(dir.path(), &keys(), 0, 0).unwrap();
+    let v = open(dir.path());
+    (dir, v)
+}
+
+fn file(v: &Vault, parent: Ino, name: &str) -> Ino {
+    v.mknod(parent, name.as_bytes(), Kind::File, 0o644, 0, 0, 0, None)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn namespace_rules() {
+    let (_d, v) = fresh();
+    let a = v
+        .mknod(ROOT_INO, b"a", Kind::Dir, 0o755, 0, 0, 0, None)
+        .unwrap()
+        .0;
+    let b = v
+        .mknod(ROOT_INO, b"b", Kind::Dir, 0o755, 0, 0, 0, None)
+        .unwrap()
+        .0;
+    assert_eq!(v.getattr(ROOT_INO).unwrap().nlink, 4);
+    let f = file(&v, a, "f");
+    assert!(matches!(
+        v.mknod(a, b"f", Kind::File, 0o644, 0, 0, 0, None),
+        Err(VaultError::Exists)
+    ));
+    assert!(matches!(v.rmdir(ROOT_INO, b"a"), Err(VaultError::NotEmpty)));
+    assert!(matches!(v.unlink(ROOT_INO, b"a"), Err(VaultError::IsDir)));
+    assert!(matches!(v.rmdir(a, b"f"), Err(VaultError::NotDir)));
+    assert!(matches!(
+        v.rename(ROOT_INO, b"a", a, b"x", RenameMode::Replace),
+        Err(VaultError::Invalid(_))
+    ));
+    assert!(matches!(
+        v.lookup(ROOT_INO, &[b'x'; 256]),
+        Err(VaultError::NameTooLong)
+    ));
+
+    // rename across directories, over an existing file
+    let g = file(&v, b, "g");
+    v.rename(a, b"f", b, b"g", RenameMode::Replace).unwrap();
+    assert_eq!(v.lookup(b, b"g").unwrap().0, f);
+    assert!(matches!(v.getattr(g), Err(VaultError::NotFound)));
+    assert!(matches!(v.lookup(a, b"f"), Err(VaultError::NotFound)));
+    assert!(matches!(
+        v.rename(b, b"g", ROOT_INO, b"a", RenameMode::Replace),
+        Err(VaultError::IsDir)
+    ));
+    // moving a directory updates link counts and '..'
+    v.rename(ROOT_INO, b"b", a, b"b", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(v.getattr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(v.getattr(a).unwrap().nlink, 3);
+    let list = v.readdir(b).unwrap();
+    assert_eq!(list[1].ino, a);
+    assert_eq!(
+        list.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![b".".to_vec(), b"..".to_vec(), b"g".to_vec()]
+    );
+    // exchange
+    let h = file(&v, a, "h");
+    v.rename(a, b"h", b, b"g", RenameMode::Exchange).unwrap();
+    assert_eq!(v.lookup(a, b"h").unwrap().0, f);
+    assert_eq!(v.lookup(b, b"g").unwrap().0, h);
+    assert!(matches!(
+        v.rename(a, b"h", b, b"g", RenameMode::NoReplace),
+        Err(VaultError::Exists)
+    ));
+
+    // hard links
+    v.link(f, ROOT_INO, b"f2").unwrap();
+    assert_eq!(v.getattr(f).unwrap().nlink, 2);
+    v.unlink(a, b"h").unwrap();
+    assert_eq!(v.getattr(f).unwrap().nlink, 1);
+
+    // xattrs
+    v.setxattr(f, b"user.k", b"v1", true, false).unwrap();
+    assert!(matches!(
+        v.setxattr(f, b"user.k", b"v2", true, false),
+        Err(VaultError::Exists)
+    ));
+    assert!(matches!(
+        v.setxattr(f, b"user.z", b"v2", false, true),
+        Err(VaultError::NoAttr)
+    ));
+    assert_eq!(v.getxattr(f, b"user.k").unwrap(), b"v1");
+    assert_eq!(v.listxattr(f).unwrap(), b"user.k\0");
+    v.removexattr(f, b"user.k").unwrap();
+    assert!(matches!(v.getxattr(f, b"user.k"), Err(VaultError::NoAttr)));
+}
+
+#[test]
+fn data_survives_reopen_and_unlinked_open_files_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    Vault::create(dir.path(), &keys(), 0, 0).unwrap();
+    let content: Vec<u8> = (0..(CHUNK_SIZE * 2 + 12345))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let (f, gone) = {
+        let v = open(dir.path());
+        let f = file(&v, ROOT_INO, "big");
+        v.open_file(f).unwrap();
+        v.write(f, 0, &content).unwrap();
+        v.fsync(f).unwrap();
+        v.release(f).unwrap();
+        let gone = file(&v, ROOT_INO, "gone");
+        v.open_file(gone).unwrap();
+        v.write(gone, 0, &vec![9u8; CHUNK_SIZE + 1]).unwrap();
+        v.fsync(gone).unwrap();
+        v.unlink(ROOT_INO, b"gone").unwrap(); // still open: becomes an orphan
+        v.sync_metadata().unwrap();
+        assert_eq!(v.stats().unwrap().objects, 5);
+        v.shutdown().unwrap();
+        (f, gone)
+    };
+    // A "crash" with `gone` still open: the reopen frees it.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let v = open(dir.path());
+    assert!(matches!(v.getattr(gone), Err(VaultError::NotFound)));
+    let s = v.stats().unwrap();
+    assert_eq!(
+        (s.files, s.logical_bytes, s.objects),
+        (1, content.len() as u64, 3)
+    );
+    assert_eq!(v.read(f, 0, content.len() + 10).unwrap(), content);
+}
+
+#[test]
+fn dedup_and_release() {
+    let (_d, v) = fresh();
+    let data = vec![7u8; CHUNK_SIZE];
+    for name in ["a", "b"] {
+        let f = file(&v, ROOT_INO, name);
+        v.write(f, 0, &data).unwrap();
+        v.fsync(f).unwrap();
+    }
+    let s = v.stats().unwrap();
+    assert_eq!(s.objects, 1, "equal content is stored once");
+    v.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(v.stats().unwrap().objects, 1);
+    v.unlink(ROOT_INO, b"b").unwrap();
+    let s = v.stats().unwrap();
+    assert_eq!((s.objects, s.stored_bytes), (0, 0));
+}
+
+#[test]
+fn one_byte_change_reseals_one_chunk() {
+    let (_d, v) = fresh();
+    let f = file(&v, ROOT_INO, "f");
+    let data: Vec<u8> = (0..CHUNK_SIZE * 8)
+        .map(|i| (i / CHUNK_SIZE) as u8 ^ (i as u8) ^ (i >> 12) as u8)
+        .collect();
+    v.write(f, 0, &data).unwrap();
+    v.fsync(f).unwrap();
+    let before = v.stats().unwrap();
+    v.write(f, (CHUNK_SIZE * 5 + 17) as u64, b"X").unwrap();
+    v.fsync(f).unwrap();
+    let after = v.stats().unwrap();
+    assert_eq!(before.objects, 8);
+    assert_eq!(after.objects, 8);
+    let mut expect = data.clone();
+    expect[CHUNK_SIZE * 5 + 17] = b'X';
+    assert_eq!(v.read(f, 0, expect.len()).unwrap(), expect);
+}
+
+#[test]
+fn corrupt_object_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    Vault::create(dir.path(), &keys(), 0, 0).unwrap();
+    let f;
+    {
+        let v = open(dir.path());
+        f = file(&v, ROOT_INO, "f");
+        v.write(f, 0, &vec![5u8; CHUNK_SIZE]).unwrap();
+        v.fsync(f).unwrap();
+        v.shutdown().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Flip a byte in the one object file.
+    let shard = std::fs::read_dir(dir.path().join("objects"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let obj = std::fs::read_dir(shard)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(&obj, bytes).unwrap();
+    let v = open(dir.path());
+    let e = v.read(f, 0, 10).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO);
+    assert!(e.to_string().contains("object"), "{e}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(u64, Vec<u8>),
+    Truncate(u64),
+    Read(u64, usize),
+    Sync,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let off = prop_oneof![
+        0u64..64,
+        0u64..(3 * CHUNK_SIZE as u64),
+        (CHUNK_SIZE as u64 - 8)..(CHUNK_SIZE as u64 + 8)
+    ];
+    prop_oneof![
+        4 => (off.clone(), proptest::collection::vec(any::<u8>(), 1..20_000)).prop_map(|(o, d)| Op::Write(o, d)),
+        1 => off.clone().prop_map(Op::Truncate),
+        3 => (off, 1usize..300_000).prop_map(|(o, n)| Op::Read(o, n)),
+        1 => Just(Op::Sync),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn file_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let (_d, v) = fresh();
+        let f = file(&v, ROOT_INO, "m");
+        let mut model: Vec<u8> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Write(o, d) => {
+                    v.write(f, o, &d).unwrap();
+                    let end = o as usize + d.len();
+                    if model.len() < end { model.resize(end, 0); }
+                    model[o as usize..end].copy_from_slice(&d);
+                }
+                Op::Truncate(n) => {
+                    v.setattr(f, SetAttr { size: Some(n), ..Default::default() }).unwrap();
+                    model.resize(n as usize, 0);
+                }
+                Op::Read(o, n) => {
+                    let got = v.read(f, o, n).unwrap();
+                    let s = (o as usize).min(model.len());
+                    let e = (o as usize + n).min(model.len());
+                    prop_assert_eq!(&got[..], &model[s..e]);
+                }
+                Op::Sync => v.fsync(f).unwrap(),
+            }
+            prop_assert_eq!(v.getattr(f).unwrap().size, model.len() as u64);
+        }
+        v.fsync(f).unwrap();
+        prop_assert_eq!(v.read(f, 0, model.len() + 1).unwrap(), model);
+    }
+}
