@@ -487,10 +487,11 @@ fn umount(mountpoint: &Path) -> anyhow::Result<()> {
     let path = abs.canonicalize().unwrap_or(abs);
     let (source, fstype) = daemon::mount_entry(&path)?
         .ok_or_else(|| anyhow!("nothing is mounted at {}", path.display()))?;
-    if fstype != "fuse.drizzle" {
+    // The kernel reports "fuse" or "fuse.drizzle"; the source is the data dir.
+    let data_dir = PathBuf::from(source);
+    if !fstype.starts_with("fuse") || !VaultConfig::path(&data_dir).exists() {
         bail!("{} is not a drizzle mount (it is {fstype})", path.display());
     }
-    let data_dir = PathBuf::from(source);
     match daemon::request(&data_dir, &Request::Umount) {
         Ok(_) => {}
         Err(e)
