@@ -80,7 +80,7 @@ impl VaultConfig {
         }
         cfg.kdf.validate().map_err(|e| bad(format!("kdf: {e}")))?;
         validate_name(&cfg.vault).map_err(|e| bad(format!("vault: {e}")))?;
-        validate_kn(cfg.k, cfg.n).map_err(|e| bad(e))?;
+        validate_kn(cfg.k, cfg.n).map_err(bad)?;
         Ok(cfg)
     }
 

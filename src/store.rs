@@ -79,6 +79,9 @@ impl Cf {
 /// fsync is a single WAL sync.
 pub const INLINE_MAX: usize = 128 * 1024;
 
+/// Key-value pairs returned by [`Store::scan`].
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A set of changes applied atomically by [`Store::write`].
 #[derive(Default)]
 pub struct Batch {
@@ -176,12 +179,7 @@ impl Store {
     }
 
     /// All records whose key starts with `prefix`, in key order, at most `limit`.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Records, StoreError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(cf),

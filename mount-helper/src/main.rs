@@ -1,4 +1,4 @@
-//! `mount.drizzle` / `mount.fuse.drizzle`: lets `mount -t fuse.drizzle VAULT DIR -o ...`
+//! `drizzle-mount-helper`, installed as `mount.drizzle` and `mount.fuse.drizzle`: lets `mount -t fuse.drizzle VAULT DIR -o ...`
 //! and fstab lines start a drizzle mount.
 //!
 //! mount(8) calls `mount.fuse.drizzle VAULT DIR [-o opts]`. Options understood:

@@ -22,13 +22,14 @@ impl Vault {
 
     /// The active state of a file, loading it on first use.
     fn file_state<'a>(&self, inner: &'a mut Inner, ino: Ino) -> Result<&'a mut FileState> {
-        if !inner.files.contains_key(&ino) {
-            let inode: Inode = self
-                .get_record(Cf::Inodes, &ino_key(ino), "inode")?
-                .ok_or(VaultError::NotFound)?;
-            inner.files.insert(
-                ino,
-                FileState {
+        use std::collections::hash_map::Entry;
+        match inner.files.entry(ino) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let inode: Inode = self
+                    .get_record(Cf::Inodes, &ino_key(ino), "inode")?
+                    .ok_or(VaultError::NotFound)?;
+                Ok(e.insert(FileState {
                     inode,
                     inode_dirty: false,
                     opens: 0,
@@ -37,10 +38,9 @@ impl Vault {
                     last_read_end: u64::MAX,
                     error: None,
                     idle_since: Instant::now(),
-                },
-            );
+                }))
+            }
         }
-        Ok(inner.files.get_mut(&ino).expect("just inserted"))
     }
 
     pub fn open_file(&self, ino: Ino) -> Result<Inode> {

@@ -896,7 +896,7 @@ impl Vault {
             .store
             .get(Cf::Xattrs, &key)?
             .ok_or(VaultError::NoAttr)?;
-        Ok(open_record(&self.keys, Cf::Xattrs, &key, &v)?)
+        open_record(&self.keys, Cf::Xattrs, &key, &v)
     }
 
     /// Attribute names, each followed by a NUL byte.

@@ -128,3 +128,31 @@ fn status_sync_and_signals() {
     d.mount();
     assert_eq!(fs::read(d.p("one")).unwrap(), pattern(5 << 20, 2));
 }
+
+#[test]
+fn password_file_and_corrupt_database() {
+    let mut d = Drive::init("pwfile");
+    let pw = d.tmp.path().join("pw");
+    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let mnt = d.mnt.to_str().unwrap().to_string();
+    // The file wins over a wrong DRIZZLE_PASSWORD.
+    let out = d.drizzle_with(
+        &["mount", &mnt, "--password-file", pw.to_str().unwrap()],
+        "wrong wrong wrong 1",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.umount_unrecorded();
+    fs::write(&pw, "").unwrap();
+    let out = d.drizzle(&["mount", &mnt, "--password-file", pw.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+
+    // A damaged database is a clear error, and nothing is mounted.
+    fs::write(d.data.join("db/CURRENT"), "garbage\n").unwrap();
+    let out = d.drizzle(&["mount", &mnt]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("database"), "{}", stderr(&out));
+    assert!(!fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(&mnt));
+}

@@ -154,6 +154,7 @@ fn large_files() {
     d.mount();
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(d.p("huge"))

@@ -22,6 +22,7 @@ fn posix_operations() {
     // writes at any offset, sparse files
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .read(true)
         .open(d.p("sparse"))
@@ -192,6 +193,7 @@ fn file_model_through_mount() {
             ));
             let f = OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&path)

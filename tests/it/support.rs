@@ -109,6 +109,13 @@ impl Drive {
         self.wait_daemon_exit();
     }
 
+    /// Unmounts a mount this `Drive` did not start itself.
+    pub fn umount_unrecorded(&mut self) {
+        let pid = self.status()["pid"].as_i64().unwrap() as i32;
+        self.pid = Some(pid);
+        self.umount();
+    }
+
     pub fn remount(&mut self) {
         self.umount();
         self.mount();
