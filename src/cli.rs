@@ -467,17 +467,20 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
     println!("vault       {}", s.vault);
     println!("mounted at  {} (pid {})", s.mountpoint.display(), s.pid);
     println!("data dir    {}", s.data_dir.display());
-    println!("contents    {} files, {} directories", s.files, s.dirs);
+    println!(
+        "contents    {} files, {} directories",
+        s.stats.files, s.stats.dirs
+    );
     println!(
         "data        {} in files, {} stored in {} objects",
-        human_bytes(s.logical_bytes),
-        human_bytes(s.stored_bytes),
-        s.objects
+        human_bytes(s.stats.logical_bytes),
+        human_bytes(s.stats.stored_bytes),
+        s.stats.objects
     );
-    println!("cache       {} in memory", human_bytes(s.cache_bytes));
+    println!("cache       {} in memory", human_bytes(s.stats.cache_bytes));
     println!(
         "pending     {} not yet sealed",
-        human_bytes(s.pending_bytes)
+        human_bytes(s.stats.pending_bytes)
     );
     Ok(())
 }

@@ -43,20 +43,36 @@ pub struct Response {
     pub status: Option<Status>,
 }
 
-/// What `drizzle status` reports.
+impl Response {
+    fn done(r: Result<(), impl std::fmt::Display>, what: &str) -> Self {
+        match r {
+            Ok(()) => Response {
+                ok: true,
+                error: None,
+                status: None,
+            },
+            Err(e) => Response::failed(format!("{what}: {e}")),
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        Response {
+            ok: false,
+            error: Some(error),
+            status: None,
+        }
+    }
+}
+
+/// What `drizzle status` reports (`--json` prints it as is).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub vault: String,
     pub mountpoint: PathBuf,
     pub data_dir: PathBuf,
     pub pid: u32,
-    pub files: u64,
-    pub dirs: u64,
-    pub logical_bytes: u64,
-    pub stored_bytes: u64,
-    pub objects: u64,
-    pub cache_bytes: u64,
-    pub pending_bytes: u64,
+    #[serde(flatten)]
+    pub stats: VaultStats,
 }
 
 /// Sends one request to the daemon of `data_dir`.
@@ -289,18 +305,10 @@ async fn serve(
     };
     tracing::info!("unmounted {}", mountpoint.display());
     if let Stop::Request(reply) = stop {
-        let resp = match &synced {
-            Ok(()) => Response {
-                ok: true,
-                error: None,
-                status: None,
-            },
-            Err(e) => Response {
-                ok: false,
-                error: Some(format!("unmounted, but the final sync failed: {e}")),
-                status: None,
-            },
-        };
+        let resp = Response::done(
+            synced.as_ref().map(|_| ()),
+            "unmounted, but the final sync failed",
+        );
         let _ = reply.send(resp);
         // Give the reply a moment to reach the client.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -338,73 +346,43 @@ async fn handle_client(
     let mut rd = tokio::io::BufReader::new(rd.take(64 * 1024));
     rd.read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response {
-            ok: false,
-            error: Some(format!("bad request: {e}")),
-            status: None,
-        },
+        Err(e) => Response::failed(format!("bad request: {e}")),
         Ok(Request::Status) => {
             let v = vault.clone();
             match tokio::task::spawn_blocking(move || v.stats()).await? {
-                Ok(s) => Response {
+                Ok(stats) => Response {
                     ok: true,
                     error: None,
-                    status: Some(make_status(&name, &mountpoint, &data_dir, s)),
+                    status: Some(Status {
+                        vault: name,
+                        mountpoint,
+                        data_dir,
+                        pid: std::process::id(),
+                        stats,
+                    }),
                 },
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(e.to_string()),
-                    status: None,
-                },
+                Err(e) => Response::failed(e.to_string()),
             }
         }
         Ok(Request::Sync) => {
             let v = vault.clone();
-            match tokio::task::spawn_blocking(move || v.sync_all()).await? {
-                Ok(()) => Response {
-                    ok: true,
-                    error: None,
-                    status: None,
-                },
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(format!("sync failed: {e}")),
-                    status: None,
-                },
-            }
+            Response::done(
+                tokio::task::spawn_blocking(move || v.sync_all()).await?,
+                "sync failed",
+            )
         }
         Ok(Request::Umount) => {
             let (tx, rx) = oneshot::channel();
             stop.send(Stop::Request(tx))
                 .await
                 .map_err(|_| anyhow!("daemon is stopping"))?;
-            rx.await.unwrap_or(Response {
-                ok: true,
-                error: None,
-                status: None,
-            })
+            rx.await.unwrap_or(Response::done(Ok::<(), String>(()), ""))
         }
     };
     let mut out = serde_json::to_string(&resp)?;
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
-}
-
-fn make_status(name: &str, mountpoint: &Path, data_dir: &Path, s: VaultStats) -> Status {
-    Status {
-        vault: name.to_string(),
-        mountpoint: mountpoint.to_path_buf(),
-        data_dir: data_dir.to_path_buf(),
-        pid: std::process::id(),
-        files: s.files,
-        dirs: s.dirs,
-        logical_bytes: s.logical_bytes,
-        stored_bytes: s.stored_bytes,
-        objects: s.objects,
-        cache_bytes: s.cache_bytes,
-        pending_bytes: s.pending_bytes,
-    }
 }
 
 #[cfg(test)]

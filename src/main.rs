@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     let cli = drizzle::cli::Cli::parse();
     let default = match cli.command {
-        drizzle::cli::Cmd::Mount { .. } | drizzle::cli::Cmd::Demo { .. } => "info",
+        drizzle::cli::Cmd::Mount { .. } => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

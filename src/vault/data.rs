@@ -468,6 +468,18 @@ impl Vault {
                 }
                 return self.commit(&mut inner, batch);
             }
+            // Help the workers instead of waiting for them: a small file's
+            // fsync then seals on this thread with no hand-off.
+            drop(inner);
+            let mut helped = false;
+            while let Some(job) = self.take_seal_job() {
+                self.run_job(job);
+                helped = true;
+            }
+            inner = self.lock();
+            if helped {
+                continue;
+            }
             inner = self
                 .sealed
                 .wait_timeout(inner, Duration::from_millis(200))
@@ -499,6 +511,15 @@ impl Vault {
         self.stopping.store(true, Ordering::SeqCst);
         self.jobs_ready.notify_all();
         r
+    }
+
+    /// A queued seal, if any (seals sit at the front of the queue).
+    fn take_seal_job(&self) -> Option<Job> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        match jobs.front() {
+            Some(Job::Seal { .. }) => jobs.pop_front(),
+            _ => None,
+        }
     }
 
     fn next_job(&self) -> Option<Job> {

@@ -146,7 +146,7 @@ pub struct DirEntry {
 }
 
 /// What `drizzle status` shows about the vault.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct VaultStats {
     pub files: u64,
     pub dirs: u64,
