@@ -31,10 +31,14 @@ fn seal(c: &mut Criterion) {
             BenchmarkId::new("verify+open_object", size),
             &sealed,
             |b, s| {
-                b.iter(|| {
-                    assert!(ObjectId::of(s) != ObjectId([0; 32]));
-                    keys.open_object(s).unwrap()
-                })
+                b.iter_batched(
+                    || s.clone(),
+                    |s| {
+                        assert!(ObjectId::of(&s) != ObjectId([0; 32]));
+                        keys.open_object(s).unwrap()
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
             },
         );
     }

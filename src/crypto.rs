@@ -169,8 +169,9 @@ impl VaultKeys {
         out
     }
 
-    /// Opens an object sealed by [`seal_object`](Self::seal_object).
-    pub fn open_object(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// Opens an object sealed by [`seal_object`](Self::seal_object),
+    /// decrypting in place in the buffer it is given.
+    pub fn open_object(&self, mut sealed: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
         let hl = OBJECT_HEADER.len();
         if sealed.len() < hl + TAG_LEN + 4 {
             return Err(CryptoError::Malformed("object too short"));
@@ -183,17 +184,18 @@ impl VaultKeys {
         }
         let tag = aes_siv::Tag::try_from(&sealed[hl..hl + TAG_LEN])
             .map_err(|_| CryptoError::Malformed("tag"))?;
-        let mut body = sealed[hl + TAG_LEN..].to_vec();
+        let (head, body) = sealed.split_at_mut(hl + TAG_LEN);
         Self::siv(&self.object)
-            .decrypt_inout_detached([&sealed[..hl]], (&mut body[..]).into(), &tag)
+            .decrypt_inout_detached([&head[..hl]], body.into(), &tag)
             .map_err(|_| CryptoError::Auth)?;
         let len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
         if 4 + len > body.len() {
             return Err(CryptoError::Malformed("object length field"));
         }
-        body.copy_within(4..4 + len, 0);
-        body.truncate(len);
-        Ok(body)
+        let start = hl + TAG_LEN + 4;
+        sealed.copy_within(start..start + len, 0);
+        sealed.truncate(len);
+        Ok(sealed)
     }
 
     /// Seals a file name under its parent directory (deterministic, so a
@@ -343,12 +345,18 @@ mod tests {
         let mut sealed = k.seal_object(b"hello world");
         for i in [0, 5, 10, 30, sealed.len() - 1] {
             sealed[i] ^= 1;
-            assert!(k.open_object(&sealed).is_err(), "flip at {i} undetected");
+            assert!(
+                k.open_object(sealed.clone()).is_err(),
+                "flip at {i} undetected"
+            );
             sealed[i] ^= 1;
         }
-        assert_eq!(k.open_object(&sealed).unwrap(), b"hello world");
+        assert_eq!(k.open_object(sealed.clone()).unwrap(), b"hello world");
         let other = VaultKeys::from_master(&[8u8; 32]);
-        assert!(matches!(other.open_object(&sealed), Err(CryptoError::Auth)));
+        assert!(matches!(
+            other.open_object(sealed.clone()),
+            Err(CryptoError::Auth)
+        ));
     }
 
     #[test]
@@ -426,7 +434,7 @@ mod tests {
             let sealed = k.seal_object(&data);
             prop_assert_eq!(sealed.len(), OBJECT_OVERHEAD - 4 + padded_len(4 + data.len()));
             prop_assert!(sealed.len() <= OBJECT_OVERHEAD + crate::chunk::CHUNK_SIZE);
-            prop_assert_eq!(k.open_object(&sealed).unwrap(), data);
+            prop_assert_eq!(k.open_object(sealed.clone()).unwrap(), data);
         }
 
         #[test]

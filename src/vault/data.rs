@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::chunk::{self, CHUNK_SIZE};
 
+/// Chunks loaded ahead of a sequential reader.
+const PREFETCH_CHUNKS: u64 = 2;
+
 impl Vault {
     pub(super) fn loader(&self) -> MutexGuard<'_, Loader> {
         self.loader.lock().unwrap_or_else(|p| p.into_inner())
@@ -106,14 +109,20 @@ impl Vault {
         if let Some(f) = inner.files.get_mut(&ino) {
             f.last_read_end = offset + n as u64;
         }
-        let next = last_index + 1;
-        if sequential && chunk::start_of(next) < file_size {
-            let dirty = inner
-                .files
-                .get(&ino)
-                .is_some_and(|f| f.dirty.contains_key(&next));
-            drop(inner);
-            if !dirty {
+        // Sequential readers get the next chunks loaded ahead, on the
+        // workers, so disk reads and decryption overlap with the reader.
+        let ahead: Vec<u64> = (last_index + 1..=last_index + PREFETCH_CHUNKS)
+            .filter(|i| chunk::start_of(*i) < file_size)
+            .filter(|i| {
+                !inner
+                    .files
+                    .get(&ino)
+                    .is_some_and(|f| f.dirty.contains_key(i))
+            })
+            .collect();
+        drop(inner);
+        if sequential {
+            for next in ahead {
                 if let Ok(Some(r)) =
                     self.get_record::<ChunkRef>(Cf::Chunks, &chunk_key(ino, next), "chunk map")
                 {
@@ -190,7 +199,7 @@ impl Vault {
         }
         let plain = self
             .keys
-            .open_object(&sealed)
+            .open_object(sealed)
             .map_err(|e| corrupt(format!("object {id}"), e))?;
         Ok(Arc::new(plain))
     }
