@@ -486,7 +486,16 @@ impl Vault {
                 helped = true;
             }
             inner = self.lock();
-            if helped {
+            // Seals may have finished while the lock was dropped: look again
+            // before sleeping (a wake-up sent meanwhile is not repeated).
+            let settled = |inner: &Inner| {
+                let mut files = inner
+                    .files
+                    .iter()
+                    .filter(|(i, _)| only.is_none_or(|o| o == **i));
+                files.all(|(_, f)| f.dirty.values().all(|d| !d.sealing) || f.error.is_some())
+            };
+            if helped || settled(&inner) {
                 continue;
             }
             inner = self
