@@ -221,8 +221,8 @@ impl Vault {
             .ok_or(VaultError::Invalid("write beyond the largest file size"))?;
         self.wait_for_room();
         let mut inner = self.lock();
-        if let Some(err) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
-            return Err(VaultError::Io(err));
+        if let Some((errno, msg)) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
+            return Err(VaultError::Deferred { errno, msg });
         }
         for p in chunk::pieces(offset, data.len()) {
             let full = p.within == 0 && p.len == CHUNK_SIZE;
@@ -459,8 +459,8 @@ impl Vault {
                 let Some(f) = inner.files.get_mut(ino) else {
                     continue;
                 };
-                if let Some(err) = f.error.take() {
-                    return Err(VaultError::Io(err));
+                if let Some((errno, msg)) = f.error.take() {
+                    return Err(VaultError::Deferred { errno, msg });
                 }
                 if !f.dirty.is_empty() {
                     busy = true;
@@ -575,7 +575,7 @@ impl Vault {
                     tracing::error!(ino, index, "sealing a chunk failed: {e}");
                     let mut inner = self.lock();
                     if let Some(f) = inner.files.get_mut(&ino) {
-                        f.error = Some(e.to_string());
+                        f.error = Some((e.errno(), e.to_string()));
                         if let Some(d) = f.dirty.get_mut(&index) {
                             d.sealing = false;
                             d.touched = Instant::now();

@@ -52,6 +52,9 @@ pub enum VaultError {
     Corrupt { what: String, detail: String },
     #[error("io error: {0}")]
     Io(String),
+    /// A background seal of this file failed earlier.
+    #[error("storing earlier writes failed: {msg}")]
+    Deferred { errno: i32, msg: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,6 +73,7 @@ impl VaultError {
             VaultError::Range => libc::ERANGE,
             VaultError::NoSpace(_) => libc::ENOSPC,
             VaultError::Corrupt { .. } | VaultError::Io(_) => libc::EIO,
+            VaultError::Deferred { errno, .. } => *errno,
             VaultError::Store(StoreError::Io { err, .. })
                 if err.raw_os_error() == Some(libc::ENOSPC) =>
             {
@@ -199,8 +203,9 @@ struct FileState {
     dirty: BTreeMap<u64, Dirty>,
     /// Where the last read ended, to detect sequential reads.
     last_read_end: u64,
-    /// A background seal failed; reported by the next fsync.
-    error: Option<String>,
+    /// A background seal failed (errno, message); reported by the next
+    /// write or fsync.
+    error: Option<(i32, String)>,
     idle_since: Instant,
 }
 
