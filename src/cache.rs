@@ -13,8 +13,6 @@ pub struct ChunkCache {
     lru: LruCache<ObjectId, Arc<Vec<u8>>>,
     bytes: usize,
     capacity: usize,
-    hits: u64,
-    misses: u64,
 }
 
 impl ChunkCache {
@@ -23,19 +21,11 @@ impl ChunkCache {
             lru: LruCache::unbounded(),
             bytes: 0,
             capacity,
-            hits: 0,
-            misses: 0,
         }
     }
 
     pub fn get(&mut self, id: &ObjectId) -> Option<Arc<Vec<u8>>> {
-        let hit = self.lru.get(id).cloned();
-        if hit.is_some() {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
-        }
-        hit
+        self.lru.get(id).cloned()
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
@@ -66,11 +56,6 @@ impl ChunkCache {
 
     pub fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// (hits, misses) since start.
-    pub fn stats(&self) -> (u64, u64) {
-        (self.hits, self.misses)
     }
 }
 

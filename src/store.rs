@@ -180,10 +180,21 @@ impl Store {
 
     /// All records whose key starts with `prefix`, in key order, at most `limit`.
     pub fn scan(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Records, StoreError> {
+        self.scan_from(cf, prefix, prefix, limit)
+    }
+
+    /// Like [`scan`](Self::scan), starting at key `from` (within `prefix`).
+    pub fn scan_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Records, StoreError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(cf),
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
         );
         for item in iter {
             let (k, v) = item.map_err(db_err)?;
@@ -335,6 +346,10 @@ mod tests {
         assert_eq!(store.read_object(&bid).unwrap().unwrap(), big);
         assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 10).unwrap().len(), 2);
         assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 1).unwrap().len(), 1);
+        let tail = store
+            .scan_from(Cf::Dirents, b"\x00\x01", b"\x00\x01b", 10)
+            .unwrap();
+        assert_eq!(tail, vec![(b"\x00\x01b".to_vec(), b"2".to_vec())]);
 
         let mut b = Batch::default();
         b.delete_object(&bid, big.len() as u64);

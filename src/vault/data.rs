@@ -111,6 +111,9 @@ impl Vault {
         }
         // Sequential readers get the next chunks loaded ahead, on the
         // workers, so disk reads and decryption overlap with the reader.
+        if !sequential {
+            return Ok(out);
+        }
         let ahead: Vec<u64> = (last_index + 1..=last_index + PREFETCH_CHUNKS)
             .filter(|i| chunk::start_of(*i) < file_size)
             .filter(|i| {
@@ -121,13 +124,11 @@ impl Vault {
             })
             .collect();
         drop(inner);
-        if sequential {
-            for next in ahead {
-                if let Ok(Some(r)) =
-                    self.get_record::<ChunkRef>(Cf::Chunks, &chunk_key(ino, next), "chunk map")
-                {
-                    self.prefetch(r.object);
-                }
+        for next in ahead {
+            if let Ok(Some(r)) =
+                self.get_record::<ChunkRef>(Cf::Chunks, &chunk_key(ino, next), "chunk map")
+            {
+                self.prefetch(r.object);
             }
         }
         Ok(out)
@@ -333,15 +334,16 @@ impl Vault {
                 .sum();
             inner.dirty_bytes -= dropped;
             let mut batch = Txn::default();
-            for (k, v) in self.store.scan(Cf::Chunks, &ino_key(ino), usize::MAX)? {
-                let index =
-                    u64::from_be_bytes(k[8..16].try_into().map_err(|e| corrupt("chunk key", e))?);
-                if index >= keep {
-                    let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
-                        .map_err(|e| corrupt("chunk map", e))?;
-                    self.unref_object(&mut batch, &r.object);
-                    batch.delete(Cf::Chunks, k);
-                }
+            // Only the chunks at or past the new end: seek straight to them.
+            let from = chunk_key(ino, keep);
+            for (k, v) in self
+                .store
+                .scan_from(Cf::Chunks, &ino_key(ino), &from, usize::MAX)?
+            {
+                let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
+                    .map_err(|e| corrupt("chunk map", e))?;
+                self.unref_object(&mut batch, &r.object);
+                batch.delete(Cf::Chunks, k);
             }
             let within = (size % CHUNK_SIZE as u64) as usize;
             if within != 0 {

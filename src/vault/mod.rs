@@ -340,7 +340,7 @@ impl Vault {
                 .map_err(|e| corrupt("object record", e))?;
             if rec.refs == 0 {
                 let id = ObjectId(k[..32].try_into().map_err(|e| corrupt("object key", e))?);
-                self.delete_object(&mut inner, &mut batch, &id, rec.size);
+                self.delete_object(&mut batch, &id, rec.size);
             }
         }
         if !orphans.is_empty() {
@@ -663,14 +663,14 @@ impl Vault {
             inner.counters.stored_bytes = inner.counters.stored_bytes.saturating_sub(rec.size);
         }
         if rec.refs == 0 && !inner.pending_objects.contains_key(id) {
-            self.delete_object(inner, batch, id, rec.size);
+            self.delete_object(batch, id, rec.size);
         } else {
             self.put_record(batch, Cf::Objects, &id.0, &rec);
         }
         Ok(())
     }
 
-    fn delete_object(&self, _inner: &mut Inner, batch: &mut Txn, id: &ObjectId, size: u64) {
+    fn delete_object(&self, batch: &mut Txn, id: &ObjectId, size: u64) {
         batch.delete(Cf::Objects, id.0.to_vec());
         batch.delete_object(id, size);
     }

@@ -156,3 +156,18 @@ fn password_file_and_corrupt_database() {
         .unwrap()
         .contains(&mnt));
 }
+
+#[test]
+fn umount_after_daemon_died_removes_stale_mount() {
+    let mut d = Drive::init("stale");
+    d.mount();
+    fs::write(d.p("f"), b"x").unwrap();
+    d.kill9();
+    let mnt = d.mnt.to_str().unwrap().to_string();
+    let out = d.drizzle(&["umount", &mnt]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stale mount"), "{}", stderr(&out));
+    assert!(!fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(&mnt));
+}
