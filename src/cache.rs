@@ -54,6 +54,12 @@ impl ChunkCache {
         }
     }
 
+    /// Forgets everything (the demo shows reads coming from peers).
+    pub fn clear(&mut self) {
+        self.lru.clear();
+        self.bytes = 0;
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

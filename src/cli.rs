@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use crate::config::{validate_kn, validate_name, VaultConfig, FORMAT_VERSION};
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::daemon::{self, Request};
+use crate::net::{Multiaddr, NodeConfig};
 use crate::vault::{Vault, VaultOptions};
 
 #[derive(Parser)]
@@ -30,6 +31,75 @@ pub struct Common {
     /// Read the password from this file (else DRIZZLE_PASSWORD, else a prompt).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+}
+
+/// Network options shared by `mount` and `node`.
+#[derive(Args, Clone, Default, Debug)]
+pub struct NetArgs {
+    /// Listen address, repeatable (default: a free TCP and QUIC port on all
+    /// interfaces), e.g. /ip4/0.0.0.0/tcp/4001.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// A peer to connect to, repeatable, e.g. /ip4/192.0.2.7/tcp/4001 (the
+    /// /p2p/PEER_ID suffix is optional).
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peer: Vec<String>,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+impl NetArgs {
+    /// Command-line form, for handing the options to a background child.
+    fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        for l in &self.listen {
+            a.extend(["--listen".to_string(), l.clone()]);
+        }
+        for p in &self.peer {
+            a.extend(["--peer".to_string(), p.clone()]);
+        }
+        if self.no_mdns {
+            a.push("--no-mdns".into());
+        }
+        a
+    }
+
+    fn node_config(&self, dir: PathBuf, donate: u64) -> anyhow::Result<NodeConfig> {
+        let parse = |flag: &str, s: &String| {
+            s.parse::<Multiaddr>().map_err(|e| {
+                anyhow!("bad {flag} address '{s}': {e} (expected e.g. /ip4/127.0.0.1/tcp/4001)")
+            })
+        };
+        let mut cfg = NodeConfig::new(dir, donate);
+        cfg.listen = self
+            .listen
+            .iter()
+            .map(|s| parse("--listen", s))
+            .collect::<anyhow::Result<_>>()?;
+        cfg.peers = self
+            .peer
+            .iter()
+            .map(|s| parse("--peer", s))
+            .collect::<anyhow::Result<_>>()?;
+        cfg.mdns = !self.no_mdns;
+        Ok(cfg)
+    }
+}
+
+/// Options of `mount` beyond where and which vault.
+#[derive(Args, Clone, Default, Debug)]
+pub struct MountNetArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Space to store for others: bytes with K/M/G/T, or N% of free disk
+    /// (default: 10% of free disk, at most 50G; 0 stores nothing).
+    #[arg(long, value_name = "SIZE")]
+    pub donate: Option<String>,
+    /// Local disk kept for data already safe on peers (default: keep all;
+    /// 0 keeps nothing once synced, so reads come from the network).
+    #[arg(long, value_name = "SIZE")]
+    pub cache: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +147,23 @@ pub enum Cmd {
         /// Internal: started by a background mount (password on stdin).
         #[arg(long, hide = true)]
         daemon_child: bool,
+        #[command(flatten)]
+        opts: MountNetArgs,
+    },
+    /// Run a contribution node: store fragments for others (no vault, no
+    /// mount). Runs in the foreground; SIGTERM stops it cleanly.
+    #[command(
+        after_help = "Examples:\n  drizzle node --donate 500G --listen /ip4/0.0.0.0/tcp/4001\n  drizzle node --donate 20% --peer /ip4/192.0.2.7/tcp/4001 --data-dir /var/lib/drizzle"
+    )]
+    Node {
+        /// Data directory of the node (default: $XDG_DATA_HOME/drizzle).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Space to store for others: bytes with K/M/G/T, or N% of free disk.
+        #[arg(long, value_name = "SIZE")]
+        donate: String,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Show the running vault's state.
     Status {
@@ -86,10 +173,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Wait until every acknowledged write is sealed and stored durably.
+    /// Wait until every acknowledged write is on peers at full redundancy.
     Sync {
         #[command(flatten)]
         common: Common,
+        /// Only seal and store locally (what fsync does, for every file).
+        #[arg(long)]
+        local: bool,
     },
     /// Flush and unmount a mounted vault.
     Umount {
@@ -121,6 +211,33 @@ impl Common {
     fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
+}
+
+/// Parses a donation: a SIZE or N% of the free space where `dir` lives.
+pub fn parse_donation(s: &str, dir: &Path) -> anyhow::Result<u64> {
+    let Some(pct) = s.trim().strip_suffix('%') else {
+        return parse_size(s);
+    };
+    let pct: f64 = pct
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &f64| (0.0..=100.0).contains(p))
+        .ok_or_else(|| anyhow!("bad donation '{s}': a percentage must be 0% to 100%"))?;
+    Ok((free_disk(dir)? as f64 * pct / 100.0) as u64)
+}
+
+/// Free bytes for unprivileged use on the filesystem holding `dir` (or its
+/// nearest existing ancestor).
+pub fn free_disk(dir: &Path) -> anyhow::Result<u64> {
+    let mut d = dir.to_path_buf();
+    while !d.exists() {
+        if !d.pop() {
+            break;
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(&d).with_context(|| format!("statvfs {}", d.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// Parses SIZE: plain bytes or K/M/G/T (binary) suffixes.
@@ -229,19 +346,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             vault,
             foreground,
             daemon_child,
+            opts,
         } => mount(
             &common,
             &mountpoint,
             vault.as_deref(),
             foreground,
             daemon_child,
+            &opts,
         ),
+        Cmd::Node {
+            data_dir,
+            donate,
+            net,
+        } => node(data_dir.unwrap_or_else(default_data_dir), &donate, &net),
         Cmd::Status { common, json } => status(&common, json),
-        Cmd::Sync { common } => {
-            daemon::request(&common.data_dir(), &Request::Sync)?;
-            println!("synced: every acknowledged write is sealed and stored durably");
-            Ok(())
-        }
+        Cmd::Sync { common, local } => sync(&common, local),
         Cmd::Umount {
             common: _,
             mountpoint,
@@ -341,13 +461,31 @@ fn mount(
     want: Option<&str>,
     foreground: bool,
     child: bool,
+    opts: &MountNetArgs,
 ) -> anyhow::Result<()> {
     let data_dir = common.data_dir();
+    // Check the options before asking for a password.
+    let donate = match &opts.donate {
+        Some(d) => parse_donation(d, &data_dir).context("--donate")?,
+        None => (free_disk(&data_dir)? / 10).min(50 << 30),
+    };
+    let cache = opts
+        .cache
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .context("--cache")?
+        .unwrap_or(u64::MAX);
+    let node_cfg = opts.net.node_config(data_dir.join("node"), donate)?;
+    let setup = MountSetup {
+        node: node_cfg,
+        cache,
+    };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
         let mut pw = Zeroizing::new(String::new());
         std::io::stdin().read_to_string(&mut pw)?;
-        let r = mount_foreground(&data_dir, mountpoint, &pw, |r| {
+        let r = mount_foreground(&data_dir, mountpoint, &pw, setup, |r| {
             let line = match r {
                 Ok(()) => "READY\n".to_string(),
                 Err(e) => format!("ERROR {e}\n"),
@@ -374,7 +512,7 @@ fn mount(
     }
     daemon::prepare_mountpoint(mountpoint)?;
     if foreground {
-        return mount_foreground(&data_dir, mountpoint, &password, |r| match r {
+        return mount_foreground(&data_dir, mountpoint, &password, setup, |r| match r {
             Ok(()) => eprintln!(
                 "mounted vault '{}' at {}; Ctrl-C unmounts",
                 cfg.vault,
@@ -383,34 +521,119 @@ fn mount(
             Err(e) => eprintln!("error: {e}"),
         });
     }
-    spawn_daemon(&data_dir, mountpoint, &password)?;
+    let mut child_args = opts.net.to_args();
+    child_args.extend(["--donate".into(), donate.to_string()]);
+    if let Some(c) = &opts.cache {
+        child_args.extend(["--cache".into(), c.clone()]);
+    }
+    spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
+}
+
+/// What a mount needs besides the vault.
+pub struct MountSetup {
+    pub node: NodeConfig,
+    /// Disk cache limit for synced objects.
+    pub cache: u64,
 }
 
 fn mount_foreground(
     data_dir: &Path,
     mountpoint: &Path,
     password: &str,
+    setup: MountSetup,
     ready: impl FnOnce(Result<(), String>),
 ) -> anyhow::Result<()> {
     let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
-        let vault = Vault::open(data_dir, &cfg.vault, keys, VaultOptions::default())?;
-        Ok(vault)
+        let opts = VaultOptions {
+            disk_cache: setup.cache,
+            ..VaultOptions::default()
+        };
+        let vault = Vault::open(data_dir, &cfg.vault, keys, opts)?;
+        Ok((cfg, vault))
     });
-    let vault = match opened {
+    let (cfg, vault) = match opened {
         Ok(v) => v,
         Err(e) => {
             ready(Err(format!("{e:#}")));
             return Err(e);
         }
     };
-    daemon::run_mount(vault, data_dir, mountpoint, ready)
+    let net = daemon::NetSetup {
+        node: setup.node,
+        k: cfg.k,
+        n: cfg.n,
+    };
+    daemon::run_mount(vault, data_dir, mountpoint, net, ready)
+}
+
+fn node(data_dir: PathBuf, donate: &str, net: &NetArgs) -> anyhow::Result<()> {
+    let donate = parse_donation(donate, &data_dir).context("--donate")?;
+    let cfg = net.node_config(data_dir.join("node"), donate)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    daemon::run_node(&data_dir, cfg, |node| {
+        println!("drizzle node {}", node.peer_id());
+        println!("donating {}", human_bytes(donate));
+        for a in node.listen_addrs() {
+            println!("listening on {a}");
+        }
+        let _ = std::io::stdout().flush();
+    })
+}
+
+fn sync(common: &Common, local: bool) -> anyhow::Result<()> {
+    let bar = std::io::stderr().is_terminal();
+    let mut drew = false;
+    let r = daemon::request_with_progress(&common.data_dir(), &Request::Sync { local }, |p| {
+        if !bar {
+            return;
+        }
+        let done = p.total_bytes.saturating_sub(p.remaining_bytes);
+        let frac = if p.total_bytes == 0 {
+            1.0
+        } else {
+            done as f64 / p.total_bytes as f64
+        };
+        let width = 30;
+        let filled = (frac * width as f64) as usize;
+        let eta = if p.rate > 0.0 {
+            format!(", ETA {:.0} s", p.remaining_bytes as f64 / p.rate)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r[{}{}] {} of {} uploaded ({}/s{eta}, {} objects left)   ",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            human_bytes(done),
+            human_bytes(p.total_bytes),
+            human_bytes(p.rate as u64),
+            p.remaining_objects
+        );
+        drew = true;
+    });
+    if drew {
+        eprintln!();
+    }
+    r?;
+    if local {
+        println!("synced locally: every acknowledged write is sealed and stored on this machine");
+    } else {
+        println!("synced: every acknowledged write is on peers at full redundancy");
+    }
+    Ok(())
 }
 
 /// Starts `drizzle mount --foreground` as a detached child and waits until it
 /// reports the mount live (or fails).
-fn spawn_daemon(data_dir: &Path, mountpoint: &Path, password: &str) -> anyhow::Result<()> {
+fn spawn_daemon(
+    data_dir: &Path,
+    mountpoint: &Path,
+    password: &str,
+    extra: &[String],
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = data_dir.join("drizzle.log");
     let log = std::fs::OpenOptions::new()
@@ -426,6 +649,7 @@ fn spawn_daemon(data_dir: &Path, mountpoint: &Path, password: &str) -> anyhow::R
         .arg(data_dir)
         .arg("--foreground")
         .arg("--daemon-child")
+        .args(extra)
         .env_remove("DRIZZLE_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -464,25 +688,83 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("vault       {}", s.vault);
-    println!("mounted at  {} (pid {})", s.mountpoint.display(), s.pid);
+    let n = &s.node;
+    match (&s.vault, &s.mountpoint) {
+        (Some(v), Some(m)) => {
+            println!("vault       {v}");
+            println!("mounted at  {} (pid {})", m.display(), s.pid);
+        }
+        _ => println!("contribution node (pid {})", s.pid),
+    }
     println!("data dir    {}", s.data_dir.display());
+    println!("peer id     {}", n.peer_id);
+    for a in &n.listen {
+        println!("listening   {a}");
+    }
     println!(
-        "contents    {} files, {} directories",
-        s.stats.files, s.stats.dirs
+        "peers       {} connected, {} storing fragments",
+        n.peers, n.storage_peers
     );
     println!(
-        "data        {} in files, {} stored in {} objects",
-        human_bytes(s.stats.logical_bytes),
-        human_bytes(s.stats.stored_bytes),
-        s.stats.objects
+        "donated     {} {} used by others ({} fragments)",
+        bar(n.stored_for_others_bytes, n.donated_bytes),
+        human_bytes(n.stored_for_others_bytes),
+        n.fragments_held
     );
-    println!("cache       {} in memory", human_bytes(s.stats.cache_bytes));
-    println!(
-        "pending     {} not yet sealed",
-        human_bytes(s.stats.pending_bytes)
-    );
+    if let Some(st) = &s.stats {
+        println!("contents    {} files, {} directories", st.files, st.dirs);
+        println!(
+            "data        {} in files, {} stored in {} objects",
+            human_bytes(st.logical_bytes),
+            human_bytes(st.stored_bytes),
+            st.objects
+        );
+        println!(
+            "cache       {} in memory, {} pending seal",
+            human_bytes(st.cache_bytes),
+            human_bytes(st.pending_bytes)
+        );
+    }
+    if let Some(sy) = &s.sync {
+        let h = &sy.health;
+        let total = h.healthy + h.degraded + h.lost;
+        println!(
+            "redundancy  {} {} of {} objects healthy ({} of {} fragments needed), {} degraded, {} lost",
+            bar(h.healthy, total),
+            h.healthy,
+            total,
+            sy.k,
+            sy.n,
+            h.degraded,
+            h.lost
+        );
+        if h.crowded > 0 {
+            println!(
+                "            {} objects share peers: fewer than {} storage peers were available",
+                h.crowded, sy.n
+            );
+        }
+        println!(
+            "uploads     {} in {} objects waiting; {} synced data cached on disk",
+            human_bytes(sy.pending_upload_bytes),
+            sy.pending_upload_objects,
+            human_bytes(sy.disk_cache_bytes)
+        );
+        if let Some(e) = &sy.last_upload_error {
+            println!("            last upload error: {e}");
+        }
+    }
     Ok(())
+}
+
+/// A ten-cell bar of `part` out of `whole`.
+fn bar(part: u64, whole: u64) -> String {
+    let cells = if whole == 0 {
+        0
+    } else {
+        ((part as f64 / whole as f64) * 10.0).round().min(10.0) as usize
+    };
+    format!("[{}{}]", "#".repeat(cells), ".".repeat(10 - cells))
 }
 
 fn umount(mountpoint: &Path) -> anyhow::Result<()> {

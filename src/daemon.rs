@@ -16,7 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mount::DrizzleFs;
-use crate::vault::{Vault, VaultStats};
+use crate::net::{NodeConfig, NodeHandle};
+use crate::remote::{Health, Remote, SyncProgress};
+use crate::vault::{UploadBacklog, Vault, VaultStats};
 
 pub const SOCKET_FILE: &str = "daemon.sock";
 
@@ -29,8 +31,19 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Sync,
+    /// Seal and store every acknowledged write; unless `local`, also wait
+    /// until it is on peers at full redundancy.
+    Sync {
+        #[serde(default)]
+        local: bool,
+    },
     Umount,
+}
+
+/// A line the daemon sends before its answer to a long request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProgressLine {
+    pub progress: SyncProgress,
 }
 
 /// The daemon's answer (one JSON line).
@@ -64,19 +77,88 @@ impl Response {
     }
 }
 
-/// What `drizzle status` reports (`--json` prints it as is).
+/// What `drizzle status` reports (`--json` prints it as is). A mounted
+/// vault reports all parts; a contribution node only `node`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
-    pub vault: String,
-    pub mountpoint: PathBuf,
+    /// "vault" or "node".
+    pub role: String,
     pub data_dir: PathBuf,
     pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<PathBuf>,
     #[serde(flatten)]
-    pub stats: VaultStats,
+    pub node: NodeStatus,
+    #[serde(flatten)]
+    pub stats: Option<VaultStats>,
+    #[serde(flatten)]
+    pub sync: Option<SyncStatus>,
+}
+
+/// The libp2p node's part of the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: u64,
+    /// Connected peers that store fragments.
+    pub storage_peers: u64,
+    pub donated_bytes: u64,
+    pub stored_for_others_bytes: u64,
+    pub fragments_held: u64,
+    pub requests_served: u64,
+}
+
+/// The vault's network state: uploads and redundancy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub k: u32,
+    pub n: u32,
+    pub pending_upload_bytes: u64,
+    pub pending_upload_objects: u64,
+    #[serde(flatten)]
+    pub health: Health,
+    /// Bytes of synced objects kept on local disk (`--cache`).
+    pub disk_cache_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_error: Option<String>,
+}
+
+pub fn node_status(node: &NodeHandle) -> NodeStatus {
+    let peers = node.peers();
+    let cap = node.capacity();
+    NodeStatus {
+        peer_id: node.peer_id().to_string(),
+        listen: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+        peers: peers.values().filter(|p| p.connected()).count() as u64,
+        storage_peers: peers
+            .values()
+            .filter(|p| p.connected() && p.storage)
+            .count() as u64,
+        donated_bytes: cap.donated,
+        stored_for_others_bytes: cap.used,
+        fragments_held: node.fragment_count(),
+        requests_served: node
+            .counters()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }
 }
 
 /// Sends one request to the daemon of `data_dir`.
 pub fn request(data_dir: &Path, req: &Request) -> anyhow::Result<Response> {
+    request_with_progress(data_dir, req, |_| {})
+}
+
+/// Sends one request; progress lines before the answer go to `progress`.
+pub fn request_with_progress(
+    data_dir: &Path,
+    req: &Request,
+    mut progress: impl FnMut(SyncProgress),
+) -> anyhow::Result<Response> {
     let path = socket_path(data_dir);
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -92,12 +174,20 @@ pub fn request(data_dir: &Path, req: &Request) -> anyhow::Result<Response> {
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
-    if answer.is_empty() {
-        bail!("the daemon closed the connection without answering");
+    loop {
+        answer.clear();
+        reader
+            .read_line(&mut answer)
+            .context("reading the daemon's answer")?;
+        if answer.is_empty() {
+            bail!("the daemon closed the connection without answering");
+        }
+        match serde_json::from_str::<ProgressLine>(&answer) {
+            Ok(p) => progress(p.progress),
+            Err(_) => break,
+        }
     }
     let resp: Response =
         serde_json::from_str(&answer).context("the daemon's answer is malformed")?;
@@ -181,6 +271,22 @@ fn unescape_mount_field(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The network part of a mount: the node to run and the vault's coding.
+pub struct NetSetup {
+    pub node: NodeConfig,
+    pub k: u32,
+    pub n: u32,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_name("drizzle-rt")
+        .enable_all()
+        .build()?)
+}
+
 /// Runs a mounted vault until a signal, `drizzle umount`, or an external
 /// unmount; then seals and syncs everything and unmounts. `ready` is called
 /// once the mount is live (or failed).
@@ -188,39 +294,69 @@ pub fn run_mount(
     vault: Arc<Vault>,
     data_dir: &Path,
     mountpoint: &Path,
+    net: NetSetup,
     ready: impl FnOnce(Result<(), String>),
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(64)
-        .thread_name("drizzle-rt")
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(serve(vault.clone(), data_dir, mountpoint, ready));
+    let rt = runtime()?;
+    let result = rt.block_on(serve(vault.clone(), data_dir, mountpoint, net, ready));
     let shut = vault.shutdown();
     let _ = std::fs::remove_file(socket_path(data_dir));
     result?;
     shut.map_err(|e| anyhow!("final sync failed: {e}"))
 }
 
+/// Binds the control socket, refusing if a daemon already serves `data_dir`.
+fn bind_control(data_dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    let sock = socket_path(data_dir);
+    if UnixStream::connect(&sock).is_ok() {
+        bail!(
+            "a drizzle daemon is already running for {}",
+            data_dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(&sock);
+    tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))
+}
+
+/// Waits for SIGINT, SIGTERM or a stop request.
+async fn wait_for_stop(
+    stop_rx: &mut mpsc::Receiver<Stop>,
+    ended: Option<&mut oneshot::Receiver<std::io::Result<()>>>,
+) -> anyhow::Result<Stop> {
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A background daemon outlives the terminal that started it: a hangup
+    // must not kill it (holding a handler keeps the default action away).
+    let _sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let unmounted = async {
+        match ended {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    Ok(tokio::select! {
+        _ = sigint.recv() => Stop::Signal("SIGINT"),
+        _ = sigterm.recv() => Stop::Signal("SIGTERM"),
+        Some(s) = stop_rx.recv() => s,
+        _ = unmounted => Stop::Unmounted,
+    })
+}
+
 async fn serve(
     vault: Arc<Vault>,
     data_dir: &Path,
     mountpoint: &Path,
+    net: NetSetup,
     ready: impl FnOnce(Result<(), String>),
 ) -> anyhow::Result<()> {
     let setup = async {
         let mountpoint = prepare_mountpoint(mountpoint)?;
-        let sock = socket_path(data_dir);
-        if UnixStream::connect(&sock).is_ok() {
-            bail!(
-                "a drizzle daemon is already running for {}",
-                data_dir.display()
-            );
-        }
-        let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock)
-            .with_context(|| format!("binding {}", sock.display()))?;
+        let listener = bind_control(data_dir)?;
+        let node = NodeHandle::start(net.node)
+            .await
+            .context("starting the network node")?;
         let fs = DrizzleFs::new(vault.clone(), tokio::runtime::Handle::current(), data_dir);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
@@ -232,18 +368,26 @@ async fn serve(
         config.acl = fuser::SessionACL::All;
         config.n_threads = Some(2);
         config.clone_fd = true;
-        let mut session = fuser::Session::new(fs, &mountpoint, &config)
-            .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+        let mut session = match fuser::Session::new(fs, &mountpoint, &config) {
+            Ok(s) => s,
+            Err(e) => {
+                node.stop();
+                return Err(
+                    anyhow::Error::new(e).context(format!("mounting at {}", mountpoint.display()))
+                );
+            }
+        };
         let unmounter = session.unmount_callable();
-        Ok((mountpoint, listener, session, unmounter))
+        Ok((mountpoint, listener, node, session, unmounter))
     };
-    let (mountpoint, listener, session, mut unmounter) = match setup.await {
+    let (mountpoint, listener, node, session, mut unmounter) = match setup.await {
         Ok(v) => v,
         Err(e) => {
             ready(Err(format!("{e:#}")));
             return Err(e);
         }
     };
+    let remote = Remote::start(vault.clone(), node.clone(), net.k, net.n);
     let (ended_tx, mut ended_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("drizzle-fuse".into())
@@ -255,24 +399,18 @@ async fn serve(
     ready(Ok(()));
 
     let (stop_tx, mut stop_rx) = mpsc::channel::<Stop>(4);
-    let status_base = (
-        vault.name().to_string(),
-        mountpoint.clone(),
-        data_dir.to_path_buf(),
-    );
-    let control = tokio::spawn(control_loop(listener, vault.clone(), stop_tx, status_base));
-
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // A background daemon outlives the terminal that started it: a hangup
-    // must not kill it (holding a handler keeps the default action away).
-    let _sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let stop = tokio::select! {
-        _ = sigint.recv() => Stop::Signal("SIGINT"),
-        _ = sigterm.recv() => Stop::Signal("SIGTERM"),
-        Some(s) = stop_rx.recv() => s,
-        _ = &mut ended_rx => Stop::Unmounted,
+    let ctx = Ctx {
+        data_dir: data_dir.to_path_buf(),
+        node: node.clone(),
+        mount: Some(MountCtx {
+            vault: vault.clone(),
+            remote,
+            mountpoint: mountpoint.clone(),
+        }),
+        stop: stop_tx,
     };
+    let control = tokio::spawn(control_loop(listener, ctx));
+    let stop = wait_for_stop(&mut stop_rx, Some(&mut ended_rx)).await?;
     let reason = match &stop {
         Stop::Signal(s) => format!("{s} received"),
         Stop::Request(_) => "drizzle umount".into(),
@@ -303,6 +441,15 @@ async fn serve(
         Ok(()) => tokio::task::spawn_blocking(move || v.sync_all()).await?,
         Err(e) => Err(e),
     };
+    node.stop();
+    let backlog = vault.upload_backlog();
+    if backlog.objects > 0 {
+        tracing::info!(
+            "{} objects ({} bytes) are not on peers yet; the upload resumes at the next mount",
+            backlog.objects,
+            backlog.bytes
+        );
+    }
     tracing::info!("unmounted {}", mountpoint.display());
     if let Stop::Request(reply) = stop {
         let resp = Response::done(
@@ -316,64 +463,139 @@ async fn serve(
     synced.map_err(|e| anyhow!("final sync failed: {e}"))
 }
 
-async fn control_loop(
-    listener: tokio::net::UnixListener,
-    vault: Arc<Vault>,
+/// Runs a contribution node (no vault, no mount) until SIGINT or SIGTERM.
+/// `ready` gets the running node (to print its addresses).
+pub fn run_node(
+    data_dir: &Path,
+    cfg: NodeConfig,
+    ready: impl FnOnce(&NodeHandle),
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let r = rt.block_on(async {
+        let listener = bind_control(data_dir)?;
+        let node = NodeHandle::start(cfg).await?;
+        ready(&node);
+        let (stop_tx, mut stop_rx) = mpsc::channel::<Stop>(4);
+        let ctx = Ctx {
+            data_dir: data_dir.to_path_buf(),
+            node: node.clone(),
+            mount: None,
+            stop: stop_tx,
+        };
+        let control = tokio::spawn(control_loop(listener, ctx));
+        let stop = wait_for_stop(&mut stop_rx, None).await?;
+        if let Stop::Signal(s) = stop {
+            tracing::info!("stopping: {s} received");
+        }
+        control.abort();
+        node.stop();
+        // Let in-flight PUTs finish their WAL sync.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    });
+    let _ = std::fs::remove_file(socket_path(data_dir));
+    r
+}
+
+/// What the control socket serves.
+#[derive(Clone)]
+struct Ctx {
+    data_dir: PathBuf,
+    node: NodeHandle,
+    mount: Option<MountCtx>,
     stop: mpsc::Sender<Stop>,
-    base: (String, PathBuf, PathBuf),
-) {
+}
+
+#[derive(Clone)]
+struct MountCtx {
+    vault: Arc<Vault>,
+    remote: Arc<Remote>,
+    mountpoint: PathBuf,
+}
+
+async fn control_loop(listener: tokio::net::UnixListener, ctx: Ctx) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (vault, stop, base) = (vault.clone(), stop.clone(), base.clone());
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_client(stream, vault, stop, base).await {
+            if let Err(e) = handle_client(stream, ctx).await {
                 tracing::warn!("control client: {e:#}");
             }
         });
     }
 }
 
-async fn handle_client(
-    stream: tokio::net::UnixStream,
-    vault: Arc<Vault>,
-    stop: mpsc::Sender<Stop>,
-    (name, mountpoint, data_dir): (String, PathBuf, PathBuf),
-) -> anyhow::Result<()> {
+async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
+    let mut st = Status {
+        role: if ctx.mount.is_some() { "vault" } else { "node" }.into(),
+        data_dir: ctx.data_dir.clone(),
+        pid: std::process::id(),
+        vault: None,
+        mountpoint: None,
+        node: node_status(&ctx.node),
+        stats: None,
+        sync: None,
+    };
+    if let Some(m) = &ctx.mount {
+        let (v, r) = (m.vault.clone(), m.remote.clone());
+        let (stats, health) = tokio::task::spawn_blocking(move || (v.stats(), r.health())).await?;
+        let (k, n) = m.remote.redundancy();
+        let UploadBacklog { objects, bytes } = m.vault.upload_backlog();
+        st.vault = Some(m.vault.name().to_string());
+        st.mountpoint = Some(m.mountpoint.clone());
+        st.stats = Some(stats?);
+        st.sync = Some(SyncStatus {
+            k,
+            n,
+            pending_upload_bytes: bytes,
+            pending_upload_objects: objects,
+            health: health.map_err(|e| anyhow!(e))?,
+            disk_cache_bytes: m.vault.disk_cache_bytes(),
+            last_upload_error: m.remote.last_error(),
+        });
+    }
+    Ok(st)
+}
+
+async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = tokio::io::BufReader::new(rd.take(64 * 1024));
     rd.read_line(&mut line).await?;
     let resp = match serde_json::from_str::<Request>(&line) {
         Err(e) => Response::failed(format!("bad request: {e}")),
-        Ok(Request::Status) => {
-            let v = vault.clone();
-            match tokio::task::spawn_blocking(move || v.stats()).await? {
-                Ok(stats) => Response {
-                    ok: true,
-                    error: None,
-                    status: Some(Status {
-                        vault: name,
-                        mountpoint,
-                        data_dir,
-                        pid: std::process::id(),
-                        stats,
-                    }),
-                },
-                Err(e) => Response::failed(e.to_string()),
+        Ok(Request::Status) => match status(&ctx).await {
+            Ok(s) => Response {
+                ok: true,
+                error: None,
+                status: Some(s),
+            },
+            Err(e) => Response::failed(format!("{e:#}")),
+        },
+        Ok(Request::Sync { local }) => match &ctx.mount {
+            None => Response::done(Ok::<(), String>(()), ""),
+            Some(m) => {
+                let v = m.vault.clone();
+                match tokio::task::spawn_blocking(move || v.sync_all()).await? {
+                    Err(e) => Response::failed(format!("sync failed: {e}")),
+                    Ok(()) if local => Response::done(Ok::<(), String>(()), ""),
+                    Ok(()) => {
+                        let r = sync_with_progress(&m.remote, &mut wr).await;
+                        Response::done(r.map(|_| ()), "sync incomplete")
+                    }
+                }
             }
-        }
-        Ok(Request::Sync) => {
-            let v = vault.clone();
-            Response::done(
-                tokio::task::spawn_blocking(move || v.sync_all()).await?,
-                "sync failed",
-            )
-        }
+        },
+        Ok(Request::Umount) if ctx.mount.is_none() => Response::failed(
+            "this is a contribution node, not a mount: stop it with SIGTERM (systemctl stop drizzle-node)"
+                .into(),
+        ),
         Ok(Request::Umount) => {
             let (tx, rx) = oneshot::channel();
-            stop.send(Stop::Request(tx))
+            ctx.stop
+                .send(Stop::Request(tx))
                 .await
                 .map_err(|_| anyhow!("daemon is stopping"))?;
             rx.await.unwrap_or(Response::done(Ok::<(), String>(()), ""))
@@ -383,6 +605,33 @@ async fn handle_client(
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
+}
+
+/// Waits for the network sync, sending a progress line twice a second.
+async fn sync_with_progress(
+    remote: &Remote,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<Health, String> {
+    let latest = Arc::new(std::sync::Mutex::new(None::<SyncProgress>));
+    let l2 = latest.clone();
+    let fut = remote.wait_synced(move |p| *l2.lock().unwrap_or_else(|e| e.into_inner()) = Some(p));
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick() => {
+                let p = latest.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(progress) = p {
+                    if let Ok(mut line) = serde_json::to_string(&ProgressLine { progress }) {
+                        line.push('\n');
+                        // A client that went away does not stop the sync.
+                        let _ = wr.write_all(line.as_bytes()).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -398,9 +647,13 @@ mod tests {
     #[test]
     fn request_wire_format_is_stable() {
         assert_eq!(
-            serde_json::to_string(&Request::Sync).unwrap(),
-            r#"{"cmd":"sync"}"#
+            serde_json::to_string(&Request::Sync { local: true }).unwrap(),
+            r#"{"cmd":"sync","local":true}"#
         );
+        assert!(matches!(
+            serde_json::from_str(r#"{"cmd":"sync"}"#).unwrap(),
+            Request::Sync { local: false }
+        ));
         assert!(matches!(
             serde_json::from_str(r#"{"cmd":"umount"}"#).unwrap(),
             Request::Umount

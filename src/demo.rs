@@ -1,4 +1,6 @@
-//! `drizzle demo`: a throwaway vault mounted with sample files, for a first try.
+//! `drizzle demo`: eight local contribution nodes, a throwaway vault mounted
+//! with sample files, a full sync to the nodes, and a read that survives
+//! stopping three of them. For a first try; everything is deleted at the end.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,21 @@ use rand::RngCore;
 use crate::cli::{create_vault, human_bytes};
 use crate::config::VaultConfig;
 use crate::crypto::{KdfParams, VaultKeys};
+use crate::daemon::{self, NetSetup, Request};
+use crate::net::{Multiaddr, NodeConfig, NodeHandle};
 use crate::vault::{Vault, VaultOptions};
+
+/// Local contribution nodes the demo starts.
+const NODES: usize = 8;
+/// The demo vault's coding: any 5 of 8 fragments rebuild an object.
+const K: u32 = 5;
+const N: u32 = 8;
+/// Nodes the demo stops before reading back (n - k).
+const STOPPED: usize = (N - K) as usize;
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")
+}
 
 pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     let mount_dir = dir.unwrap_or_else(|| PathBuf::from("drizzle-demo"));
@@ -31,30 +47,77 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     println!("  vault     demo (a throwaway vault; password: {password})");
     println!("  data dir  {} (sealed data only)", data.path().display());
     println!("  mount     {}", mount_dir.display());
+
+    // The contribution nodes run on their own runtime in this process.
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("demo-nodes")
+        .enable_all()
+        .build()?;
+    let nodes: Vec<NodeHandle> = node_rt.block_on(async {
+        let mut nodes: Vec<NodeHandle> = Vec::new();
+        for i in 0..NODES {
+            let mut cfg = NodeConfig::new(data.path().join(format!("node-{i}")), 1 << 30);
+            cfg.listen = vec![loopback()];
+            if let Some(first) = nodes.first() {
+                cfg.peers = first.listen_addrs();
+            }
+            nodes.push(NodeHandle::start(cfg).await?);
+        }
+        anyhow::Ok(nodes)
+    })?;
+    println!(
+        "  peers     {NODES} contribution nodes on 127.0.0.1, 1 GiB donated each (first: {})",
+        nodes[0].listen_addrs()[0]
+    );
+
+    let vault_dir = data.path().join("vault");
     let kdf = KdfParams::default_strong();
-    create_vault(data.path(), "demo", &password, kdf, 10, 16)?;
-    let cfg = VaultConfig::load(data.path())?;
+    create_vault(&vault_dir, "demo", &password, kdf, K, N)?;
+    let cfg = VaultConfig::load(&vault_dir)?;
     let keys = VaultKeys::derive(password.as_bytes(), &cfg.vault, cfg.kdf)?;
-    let vault = Vault::open(data.path(), "demo", keys, VaultOptions::default())?;
+    // Keep no synced data on local disk: reads after the sync come from peers.
+    let opts = VaultOptions {
+        disk_cache: 0,
+        ..VaultOptions::default()
+    };
+    let vault = Vault::open(&vault_dir, "demo", keys, opts)?;
+    let mut node_cfg = NodeConfig::new(vault_dir.join("node"), 0);
+    node_cfg.listen = vec![loopback()];
+    node_cfg.peers = nodes[0].listen_addrs();
+    let net = NetSetup {
+        node: node_cfg,
+        k: K,
+        n: N,
+    };
 
     let v2 = vault.clone();
     let md = mount_dir.clone();
-    let dd = data.path().to_path_buf();
-    let result = crate::daemon::run_mount(vault, data.path(), &mount_dir, move |r| {
+    let dd = vault_dir.clone();
+    let demo_nodes = nodes.clone();
+    let result = daemon::run_mount(vault, &vault_dir, &mount_dir, net, move |r| {
         if let Err(e) = r {
             eprintln!("demo: mount failed: {e}");
             return;
         }
         std::thread::spawn(move || {
-            if let Err(e) = show(&v2, &md, &dd, seconds) {
+            if let Err(e) = show(&v2, &md, &dd, &demo_nodes, seconds) {
                 eprintln!("demo: {e:#}");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::this(),
+                    nix::sys::signal::Signal::SIGINT,
+                );
             }
         });
     });
+    for n in &nodes {
+        n.stop();
+    }
+    drop(node_rt);
     if created_mount_dir {
         let _ = std::fs::remove_dir(&mount_dir);
     }
-    println!("demo stopped; the throwaway vault is deleted");
+    println!("demo stopped; the throwaway vault and nodes are deleted");
     result
 }
 
@@ -62,11 +125,12 @@ fn show(
     vault: &Arc<Vault>,
     mount: &Path,
     data_dir: &Path,
+    nodes: &[NodeHandle],
     seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     std::fs::write(
         mount.join("README.txt"),
-        "Hello from drizzle!\nEverything in this folder is encrypted before it touches the disk.\n",
+        "Hello from drizzle!\nEverything in this folder is encrypted before it leaves the program.\n",
     )?;
     std::fs::create_dir_all(mount.join("photos/2026"))?;
     let mut big = vec![0u8; 12 << 20];
@@ -75,20 +139,44 @@ fn show(
     f.write_all(&big)?;
     f.sync_all()?;
     std::os::unix::fs::symlink("photos/2026/large-random.bin", mount.join("latest"))?;
+    println!();
+    println!("Wrote sample files (12 MiB of random data) through the mount.");
+    println!(
+        "Syncing: sealing, coding into {N} fragments per object, spreading them over the nodes..."
+    );
+    let started = std::time::Instant::now();
+    daemon::request(data_dir, &Request::Sync { local: false })?;
+    let st = daemon::request(data_dir, &Request::Status)?
+        .status
+        .context("no status")?;
+    let (Some(stats), Some(sync)) = (&st.stats, &st.sync) else {
+        anyhow::bail!("status without vault parts");
+    };
+    println!(
+        "  synced in {:.1} s: {} stored as {} objects, {} healthy ({K} of {N} fragments each needed), {} peers",
+        started.elapsed().as_secs_f64(),
+        human_bytes(stats.stored_bytes),
+        stats.objects,
+        sync.health.healthy,
+        st.node.storage_peers
+    );
+    let held: Vec<String> = nodes
+        .iter()
+        .map(|n| n.fragment_count().to_string())
+        .collect();
+    println!("  fragments held per node: {}", held.join(" "));
+
+    for n in &nodes[..STOPPED] {
+        n.stop();
+    }
+    vault.drop_memory_cache();
+    std::thread::sleep(Duration::from_millis(300));
     let mut back = Vec::new();
     std::fs::File::open(mount.join("latest"))?.read_to_end(&mut back)?;
     anyhow::ensure!(back == big, "read-back of the sample file differs");
-    vault.sync_all()?;
-    let s = vault.stats()?;
-    println!();
-    println!("Wrote sample files and read 12 MiB back through the mount: identical.");
     println!(
-        "  {} files, {} directories; {} of content stored as {} in {} sealed objects",
-        s.files,
-        s.dirs,
-        human_bytes(s.logical_bytes),
-        human_bytes(s.stored_bytes),
-        s.objects
+        "Stopped {STOPPED} of the {NODES} nodes, emptied every cache, and read the 12 MiB back from the\n\
+         remaining nodes through the mount: identical."
     );
     println!();
     println!("Try, in another terminal:");
@@ -97,6 +185,7 @@ fn show(
         mount.display()
     );
     println!("  cp -r /usr/share/doc/bash {}/", mount.display());
+    println!("  drizzle sync --data-dir {}    # fails: 3 nodes are gone, so new data cannot reach full redundancy", data_dir.display());
     println!("  drizzle status --data-dir {}", data_dir.display());
     println!(
         "  grep -r Hello {}     # nothing: the disk holds only sealed data",
@@ -108,7 +197,7 @@ fn show(
             std::thread::sleep(Duration::from_secs(n));
             nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT)?;
         }
-        None => println!("Press Ctrl-C to unmount and delete the demo vault."),
+        None => println!("Press Ctrl-C to unmount and delete the demo vault and nodes."),
     }
     Ok(())
 }

@@ -2,15 +2,21 @@
 //!
 //! See ARCHITECTURE.md for the code map. Data flows
 //! `mount` -> `vault` (write-back buffer) -> `chunk` -> `crypto` -> `store`
-//! on writes and back on reads.
+//! on writes, then `remote` -> `coder` -> `placement` -> `net` in the
+//! background; reads come back the other way.
 
 pub mod cache;
 pub mod chunk;
 pub mod cli;
+pub mod coder;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod demo;
+pub mod fragstore;
 pub mod mount;
+pub mod net;
+pub mod placement;
+pub mod remote;
 pub mod store;
 pub mod vault;

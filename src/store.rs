@@ -46,9 +46,17 @@ pub enum Cf {
     Orphans,
     /// counters and the next inode number.
     Meta,
+    /// object id -> nothing: objects not yet stored on peers (the upload queue).
+    Uploads,
+    /// object id -> where its fragments are (vault metadata, never in the DHT).
+    Placements,
+    /// object id -> size: local copies of objects safely on peers, evictable.
+    Cached,
+    /// fragment id -> fragment bytes (a node's store for others).
+    Fragments,
 }
 
-const ALL_CFS: [Cf; 8] = [
+const VAULT_CFS: [Cf; 11] = [
     Cf::Inodes,
     Cf::Dirents,
     Cf::Chunks,
@@ -57,7 +65,12 @@ const ALL_CFS: [Cf; 8] = [
     Cf::Xattrs,
     Cf::Orphans,
     Cf::Meta,
+    Cf::Uploads,
+    Cf::Placements,
+    Cf::Cached,
 ];
+
+const NODE_CFS: [Cf; 2] = [Cf::Fragments, Cf::Meta];
 
 impl Cf {
     /// Stable name, also bound into each sealed record's associated data.
@@ -71,6 +84,10 @@ impl Cf {
             Cf::Xattrs => "xattrs",
             Cf::Orphans => "orphans",
             Cf::Meta => "meta",
+            Cf::Uploads => "uploads",
+            Cf::Placements => "placements",
+            Cf::Cached => "cached",
+            Cf::Fragments => "fragments",
         }
     }
 }
@@ -124,15 +141,25 @@ impl Batch {
     }
 }
 
-/// The vault's local database and object directory.
+/// A local database: a vault's (metadata and object directory) or a node's
+/// (fragments stored for others).
 pub struct Store {
     db: rocksdb::DB,
     objects_dir: PathBuf,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `dir`.
+    /// Opens (creating if needed) the vault store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &VAULT_CFS)
+    }
+
+    /// Opens (creating if needed) a node's fragment store under `dir`.
+    pub fn open_fragments(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &NODE_CFS)
+    }
+
+    fn open_with(dir: &Path, families: &[Cf]) -> Result<Self, StoreError> {
         let db_path = dir.join("db");
         let objects_dir = dir.join("objects");
         fs::create_dir_all(&objects_dir).map_err(|err| StoreError::Io {
@@ -145,9 +172,9 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 << 20);
-        let cfs = ALL_CFS.iter().map(|cf| {
+        let cfs = families.iter().map(|cf| {
             let mut o = rocksdb::Options::default();
-            if *cf == Cf::Blobs {
+            if matches!(cf, Cf::Blobs | Cf::Fragments) {
                 // Values up to INLINE_MAX: keep them out of the LSM tree.
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(4096);
@@ -170,7 +197,8 @@ impl Store {
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        // Every family is created at open.
+        // Every family of the store's kind is created at open; asking a node
+        // store for a vault family is a programming error.
         self.db.cf_handle(cf.name()).expect("column family exists")
     }
 

@@ -191,7 +191,13 @@ impl Vault {
     }
 
     fn read_object(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>> {
-        let sealed = self.store.read_object(id)?.ok_or(VaultError::NotFound)?;
+        let sealed = match self.store.read_object(id)? {
+            Some(b) => {
+                self.touch_cached(id);
+                b
+            }
+            None => self.fetch_remote(id)?,
+        };
         if ObjectId::of(&sealed) != *id {
             return Err(corrupt(
                 format!("object {id}"),
@@ -203,6 +209,12 @@ impl Vault {
             .open_object(sealed)
             .map_err(|e| corrupt(format!("object {id}"), e))?;
         Ok(Arc::new(plain))
+    }
+
+    /// Empties the in-memory plaintext cache (the next reads go to disk or
+    /// to peers).
+    pub fn drop_memory_cache(&self) {
+        self.loader().cache.clear();
     }
 
     fn prefetch(&self, object: ObjectId) {

@@ -9,7 +9,10 @@
 //! Every metadata change is one atomic store batch.
 
 mod data;
+mod network;
 pub mod records;
+
+pub use network::{Fetcher, UploadBacklog};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -52,6 +55,9 @@ pub enum VaultError {
     Corrupt { what: String, detail: String },
     #[error("io error: {0}")]
     Io(String),
+    /// Content that is only on peers could not be fetched.
+    #[error("cannot fetch from peers: {0}")]
+    Unavailable(String),
     /// A background seal of this file failed earlier.
     #[error("storing earlier writes failed: {msg}")]
     Deferred { errno: i32, msg: String },
@@ -72,7 +78,9 @@ impl VaultError {
             VaultError::NoAttr => libc::ENODATA,
             VaultError::Range => libc::ERANGE,
             VaultError::NoSpace(_) => libc::ENOSPC,
-            VaultError::Corrupt { .. } | VaultError::Io(_) => libc::EIO,
+            VaultError::Corrupt { .. } | VaultError::Io(_) | VaultError::Unavailable(_) => {
+                libc::EIO
+            }
             VaultError::Deferred { errno, .. } => *errno,
             VaultError::Store(StoreError::Io { err, .. })
                 if err.raw_os_error() == Some(libc::ENOSPC) =>
@@ -106,6 +114,8 @@ pub struct VaultOptions {
     pub workers: usize,
     /// A dirty chunk untouched this long is sealed by the idle flusher.
     pub idle_flush: std::time::Duration,
+    /// Bytes of objects already safe on peers kept on local disk.
+    pub disk_cache: u64,
 }
 
 impl Default for VaultOptions {
@@ -117,6 +127,7 @@ impl Default for VaultOptions {
                 .map_or(2, |n| n.get())
                 .clamp(2, 8),
             idle_flush: std::time::Duration::from_secs(1),
+            disk_cache: u64::MAX,
         }
     }
 }
@@ -216,6 +227,8 @@ struct Inner {
     next_gen: u64,
     /// Objects being written by a worker and not yet committed.
     pending_objects: HashMap<ObjectId, u32>,
+    /// Objects not yet on peers.
+    uploads: UploadBacklog,
 }
 
 enum Job {
@@ -250,6 +263,8 @@ pub struct Vault {
     jobs: Mutex<VecDeque<Job>>,
     jobs_ready: Condvar,
     stopping: AtomicBool,
+    fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
+    disk_cache: Mutex<network::DiskCache>,
 }
 
 impl Vault {
@@ -304,6 +319,7 @@ impl Vault {
                 dirty_bytes: 0,
                 next_gen: 1,
                 pending_objects: HashMap::new(),
+                uploads: UploadBacklog::default(),
             }),
             sealed: Condvar::new(),
             loader: Mutex::new(Loader {
@@ -314,9 +330,12 @@ impl Vault {
             jobs: Mutex::new(VecDeque::new()),
             jobs_ready: Condvar::new(),
             stopping: AtomicBool::new(false),
+            fetcher: std::sync::OnceLock::new(),
+            disk_cache: Mutex::new(network::DiskCache::new(opts.disk_cache)),
             opts,
         });
         vault.recover()?;
+        vault.load_network_state()?;
         vault.start_workers();
         Ok(vault)
     }
@@ -340,6 +359,7 @@ impl Vault {
                 .map_err(|e| corrupt("object record", e))?;
             if rec.refs == 0 {
                 let id = ObjectId(k[..32].try_into().map_err(|e| corrupt("object key", e))?);
+                self.forget_remote(&mut inner, &mut batch, &id, rec.size)?;
                 self.delete_object(&mut batch, &id, rec.size);
             }
         }
@@ -652,6 +672,7 @@ impl Vault {
             tracing::warn!(object = %id, "released an object with no reference record");
             return Ok(());
         }
+        let new = old.is_none();
         let mut rec = old.unwrap_or(ObjectRecord { refs: 0, size });
         let was = rec.refs;
         rec.refs = (rec.refs as i64 + delta).max(0) as u64;
@@ -663,8 +684,12 @@ impl Vault {
             inner.counters.stored_bytes = inner.counters.stored_bytes.saturating_sub(rec.size);
         }
         if rec.refs == 0 && !inner.pending_objects.contains_key(id) {
+            self.forget_remote(inner, batch, id, rec.size)?;
             self.delete_object(batch, id, rec.size);
         } else {
+            if new {
+                self.queue_upload(inner, batch, id, rec.size);
+            }
             self.put_record(batch, Cf::Objects, &id.0, &rec);
         }
         Ok(())

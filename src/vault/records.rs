@@ -136,6 +136,28 @@ pub struct ObjectRecord {
     pub size: u64,
 }
 
+/// One stored fragment of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentLoc {
+    /// Fragment index (which encoding symbols it carries).
+    pub index: u32,
+    pub id: crate::coder::FragmentId,
+    /// The holder's peer id, as bytes (the vault knows no network types).
+    pub peer: Vec<u8>,
+}
+
+/// Where an object's fragments are: vault metadata, never published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Sealed object length (fixes the coding layout together with `k`).
+    pub len: u64,
+    pub k: u32,
+    pub fragments: Vec<FragmentLoc>,
+    /// The next fragment index never used for this object (repair takes
+    /// fresh indexes so symbols never repeat).
+    pub next_index: u32,
+}
+
 /// Vault-wide counters, kept in the same batches as the changes they count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

@@ -1,6 +1,10 @@
-//! Integration tests: a real FUSE mount through the real `drizzle` binary.
+//! Integration tests: real FUSE mounts through the real `drizzle` binary,
+//! real libp2p nodes on 127.0.0.1 (in-process clusters and `drizzle node`
+//! processes).
 
 mod cli;
+mod cluster;
 mod data;
+mod network;
 mod posix;
 mod support;

@@ -43,12 +43,33 @@ pub struct Drive {
     pub data: PathBuf,
     pub mnt: PathBuf,
     pub password: String,
+    /// Extra `mount` arguments (network options).
+    pub mount_args: Vec<String>,
     pid: Option<i32>,
+}
+
+/// Network options for test mounts: loopback only, no mDNS (tests running
+/// at once must not find each other), a small donation.
+pub fn local_net_args() -> Vec<String> {
+    [
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--donate",
+        "256M",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Drive {
     /// A new vault (weak-but-legal KDF settings to keep tests quick).
     pub fn init(name: &str) -> Drive {
+        Self::init_with(name, &[])
+    }
+
+    /// A new vault with extra `init` arguments (e.g. `--k 3 --n 5`).
+    pub fn init_with(name: &str, extra: &[&str]) -> Drive {
         let tmp = tempfile::Builder::new()
             .prefix("drizzle-it-")
             .tempdir()
@@ -61,9 +82,12 @@ impl Drive {
             data,
             mnt,
             password: PASSWORD.to_string(),
+            mount_args: local_net_args(),
             pid: None,
         };
-        let out = d.drizzle(&["init", "--vault", name, "--kdf-memory", "64M"]);
+        let mut args = vec!["init", "--vault", name, "--kdf-memory", "64M"];
+        args.extend_from_slice(extra);
+        let out = d.drizzle(&args);
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -88,7 +112,9 @@ impl Drive {
 
     pub fn mount(&mut self) {
         let mnt = self.mnt.to_str().unwrap().to_string();
-        let out = self.drizzle(&["mount", &mnt]);
+        let mut args = vec!["mount", mnt.as_str()];
+        args.extend(self.mount_args.iter().map(String::as_str));
+        let out = self.drizzle(&args);
         assert!(
             out.status.success(),
             "mount failed: {}\n{}",
@@ -131,13 +157,19 @@ impl Drive {
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
+    /// Seals and stores every write locally (no peers involved).
     pub fn sync(&self) {
-        let out = self.drizzle(&["sync"]);
+        let out = self.drizzle(&["sync", "--local"]);
         assert!(
             out.status.success(),
             "sync failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `drizzle sync`: waits for full redundancy on peers.
+    pub fn sync_network(&self) -> Output {
+        self.drizzle(&["sync"])
     }
 
     pub fn log(&self) -> String {
@@ -249,4 +281,110 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// A `drizzle node` process on loopback; killed on drop.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub peer_id: String,
+    child: Option<std::process::Child>,
+}
+
+impl Node {
+    /// Starts a node donating `donate`, bootstrapping from `peers`.
+    pub fn start(donate: &str, peers: &[&str]) -> Node {
+        use std::io::BufRead;
+        let dir = tempfile::Builder::new()
+            .prefix("drizzle-node-")
+            .tempdir()
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["node", "--donate", donate, "--no-mdns"])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info");
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = Node {
+            dir,
+            addr: String::new(),
+            peer_id: String::new(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while node.addr.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(id) = line.strip_prefix("drizzle node ") {
+                        node.peer_id = id.trim().to_string();
+                    }
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        node.addr = a.trim().to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "node did not start: {}",
+                    std::fs::read_to_string(node.dir.path().join("node.log")).unwrap_or_default()
+                ),
+            }
+        }
+        node
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let mut cmd = Command::new(bin());
+        cmd.args(["status", "--json", "--data-dir"])
+            .arg(self.dir.path());
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "node status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Stops the node: SIGKILL (a peer vanishing).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the node cleanly (SIGTERM), as systemd does.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

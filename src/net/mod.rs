@@ -1,0 +1,715 @@
+//! The libp2p node: transports (TCP and QUIC, Noise, Yamux), identify,
+//! Kademlia, mDNS, ping, and the fragment protocol ([`proto`]).
+//!
+//! One task owns the swarm; everything else talks to it through a
+//! [`NodeHandle`] (requests to peers, the peer table, listen addresses).
+//! Inbound fragment requests are answered from the node's
+//! [`FragmentStore`] on the blocking pool, never on the swarm task.
+//!
+//! Architecture invariant: the only module that imports libp2p (besides its
+//! codec in `proto`). No vault types: the node is the same for a mounted
+//! vault and a contribution-only `drizzle node`.
+
+pub mod proto;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, kad, mdns, ping, StreamProtocol, Swarm};
+pub use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::fragstore::{FragmentStore, PutOutcome};
+use proto::{Capacity, Request, Response, PROTOCOL};
+
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/kad/1");
+const IDENTIFY_PROTOCOL: &str = "/drizzle/id/1";
+/// How often connected peers are asked for their free capacity.
+const CAPACITY_REFRESH: Duration = Duration::from_secs(15);
+
+/// Errors talking to a peer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    #[error("peer {0} did not answer in time")]
+    Timeout(PeerId),
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(PeerId, String),
+    #[error("peer {0} broke the protocol: {1}")]
+    Protocol(PeerId, String),
+    #[error("the network node has stopped")]
+    Stopped,
+}
+
+/// Misbehaviour for fault-injection tests: how this node answers GETs.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Flips a byte in every fragment served.
+    Corrupt,
+    /// Serves fragments cut short.
+    Truncate,
+    /// Never answers GETs.
+    Stall,
+}
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Holds the node identity and the fragment database.
+    pub dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    /// Bytes this node stores for others at most.
+    pub donate: u64,
+    pub mdns: bool,
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
+}
+
+impl NodeConfig {
+    pub fn new(dir: impl Into<PathBuf>, donate: u64) -> Self {
+        NodeConfig {
+            dir: dir.into(),
+            listen: Vec::new(),
+            peers: Vec::new(),
+            donate,
+            mdns: false,
+            fault: None,
+        }
+    }
+}
+
+/// Listen addresses used when none are given: a free port on all interfaces.
+pub fn default_listen() -> Vec<Multiaddr> {
+    vec![
+        "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+        "/ip4/0.0.0.0/udp/0/quic-v1"
+            .parse()
+            .expect("valid multiaddr"),
+    ]
+}
+
+/// What the node knows about a peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub connections: u32,
+    /// Speaks the fragment protocol (from identify).
+    pub storage: bool,
+    pub rtt: Option<Duration>,
+    pub capacity: Option<Capacity>,
+    pub last_seen: Instant,
+    /// Times it returned bad data or failed a request.
+    pub strikes: u32,
+}
+
+impl PeerInfo {
+    fn new() -> Self {
+        PeerInfo {
+            connections: 0,
+            storage: false,
+            rtt: None,
+            capacity: None,
+            last_seen: Instant::now(),
+            strikes: 0,
+        }
+    }
+    pub fn connected(&self) -> bool {
+        self.connections > 0
+    }
+}
+
+/// Counters for status and metrics.
+#[derive(Default)]
+pub struct NodeCounters {
+    pub fragments_stored: AtomicU64,
+    pub fragments_served: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub errors: AtomicU64,
+    /// Requests dropped as malformed or oversized.
+    pub malformed: Arc<AtomicU64>,
+}
+
+struct Shared {
+    peer_id: PeerId,
+    peers: RwLock<HashMap<PeerId, PeerInfo>>,
+    listen: watch::Sender<Vec<Multiaddr>>,
+    frags: Arc<FragmentStore>,
+    counters: NodeCounters,
+    fault: Option<Fault>,
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        req: Request,
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        resp: Response,
+    },
+    Dial(Multiaddr),
+    Stop,
+}
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    frag: request_response::Behaviour<proto::Codec>,
+}
+
+fn load_identity(dir: &Path) -> anyhow::Result<identity::Keypair> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("identity");
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("node identity {} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .context("encoding node identity")?;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Splits `/…/p2p/ID` into the address and the id.
+pub fn split_peer_addr(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    let mut a = addr.clone();
+    match a.pop() {
+        Some(Protocol::P2p(id)) => (a, Some(id)),
+        _ => (addr.clone(), None),
+    }
+}
+
+impl NodeHandle {
+    /// Starts a node on the current tokio runtime; returns once it listens.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let key = load_identity(&cfg.dir)?;
+        let frags = Arc::new(
+            FragmentStore::open(&cfg.dir, cfg.donate)
+                .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?,
+        );
+        let peer_id = key.public().to_peer_id();
+        let mdns_on = cfg.mdns;
+        let counters = NodeCounters::default();
+        let codec = proto::Codec {
+            rejected: counters.malformed.clone(),
+        };
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .context("setting up TCP")?
+            .with_quic()
+            .with_behaviour(|key| {
+                let id = key.public().to_peer_id();
+                let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+                kcfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+                let mut kad =
+                    kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kcfg);
+                // Loopback and LAN nodes never get a confirmed external
+                // address; without server mode nobody would answer queries.
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), id)?)
+                } else {
+                    None
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        IDENTIFY_PROTOCOL.into(),
+                        key.public(),
+                    )),
+                    kad,
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    mdns: mdns.into(),
+                    frag: request_response::Behaviour::with_codec(
+                        codec,
+                        [(PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(60))
+                            .with_max_concurrent_streams(512),
+                    ),
+                })
+            })
+            .map_err(|e| anyhow::anyhow!("setting up the node: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+            .build();
+        let listen = if cfg.listen.is_empty() {
+            default_listen()
+        } else {
+            cfg.listen.clone()
+        };
+        for addr in &listen {
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
+        let shared = Arc::new(Shared {
+            peer_id,
+            peers: RwLock::new(HashMap::new()),
+            listen: listen_tx,
+            frags,
+            counters,
+            fault: cfg.fault,
+        });
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let handle = NodeHandle {
+            shared: shared.clone(),
+            cmd: cmd_tx,
+        };
+        let driver = Driver {
+            swarm,
+            shared,
+            cmd_rx,
+            handle: handle.clone(),
+            pending: HashMap::new(),
+            bootstrap: cfg.peers.clone(),
+        };
+        tokio::spawn(driver.run());
+        for addr in &cfg.peers {
+            handle.dial(addr.clone());
+        }
+        // Wait until every listener reported an address (or failed).
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            if listen_rx.borrow().len() >= listen.len() {
+                break;
+            }
+            tokio::select! {
+                r = listen_rx.changed() => if r.is_err() { anyhow::bail!("the node stopped while starting") },
+                _ = &mut deadline => {
+                    if listen_rx.borrow().is_empty() {
+                        anyhow::bail!("the node could not listen on any address");
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(handle)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// Addresses others can dial, with the `/p2p/ID` suffix.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared.listen.borrow().clone()
+    }
+
+    pub fn dial(&self, addr: Multiaddr) {
+        let _ = self.cmd.send(Command::Dial(addr));
+    }
+
+    pub fn stop(&self) {
+        let _ = self.cmd.send(Command::Stop);
+    }
+
+    /// Sends a request and waits for the answer (the protocol's own timeout
+    /// is 60 s; wrap in a shorter one where latency matters).
+    pub async fn request(&self, peer: PeerId, req: Request) -> Result<Response, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer,
+                req,
+                reply: tx,
+            })
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// A snapshot of the peer table.
+    pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connected peers that store fragments.
+    pub fn storage_peers(&self) -> Vec<(PeerId, PeerInfo)> {
+        self.peers()
+            .into_iter()
+            .filter(|(_, p)| p.connected() && p.storage)
+            .collect()
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|p| p.connected())
+    }
+
+    /// Notes a peer that returned bad data or failed; placement and reads
+    /// prefer peers with fewer strikes.
+    pub fn strike(&self, peer: &PeerId, why: &str) {
+        tracing::warn!(%peer, "bad peer: {why}");
+        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
+        peers.entry(*peer).or_insert_with(PeerInfo::new).strikes += 1;
+    }
+
+    /// Updates what we believe a peer has free (after a PUT or a refusal).
+    pub fn note_capacity(&self, peer: &PeerId, f: impl FnOnce(&mut Capacity)) {
+        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get_mut(peer).and_then(|p| p.capacity.as_mut()) {
+            f(c);
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.shared.frags.capacity()
+    }
+
+    pub fn fragment_count(&self) -> u64 {
+        self.shared.frags.count().unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> &NodeCounters {
+        &self.shared.counters
+    }
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    handle: NodeHandle,
+    pending: HashMap<OutboundRequestId, Pending>,
+    bootstrap: Vec<Multiaddr>,
+}
+
+enum Pending {
+    Caller(oneshot::Sender<Result<Response, NetError>>),
+    /// Our own capacity refresh.
+    Capacity,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(CAPACITY_REFRESH);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Stop) | None => break,
+                    Some(c) => self.on_command(c),
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            if let Pending::Caller(tx) = p {
+                let _ = tx.send(Err(NetError::Stopped));
+            }
+        }
+        tracing::debug!("node stopped");
+    }
+
+    fn peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PeerId, PeerInfo>> {
+        self.shared.peers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn on_tick(&mut self) {
+        let connected: Vec<PeerId> = self
+            .peers()
+            .iter()
+            .filter(|(_, p)| p.connected() && p.storage)
+            .map(|(id, _)| *id)
+            .collect();
+        if connected.is_empty() {
+            for addr in self.bootstrap.clone() {
+                let _ = self.swarm.dial(addr);
+            }
+        }
+        for peer in connected {
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .frag
+                .send_request(&peer, Request::Capacity);
+            self.pending.insert(id, Pending::Capacity);
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Request { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().frag.send_request(&peer, req);
+                self.pending.insert(id, Pending::Caller(reply));
+            }
+            Command::Respond { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .frag
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    tracing::debug!("a peer went away before its answer was sent");
+                }
+            }
+            Command::Dial(addr) => {
+                let (plain, id) = split_peer_addr(&addr);
+                if let Some(id) = id {
+                    self.swarm.behaviour_mut().kad.add_address(&id, plain);
+                }
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!("cannot dial {addr}: {e}");
+                }
+            }
+            Command::Stop => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(self.shared.peer_id));
+                tracing::info!("listening on {full}");
+                self.shared.listen.send_modify(|l| l.push(full));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                let first = {
+                    let mut peers = self.peers();
+                    let p = peers.entry(peer_id).or_insert_with(PeerInfo::new);
+                    p.connections += 1;
+                    p.last_seen = Instant::now();
+                    p.connections == 1
+                };
+                if first {
+                    tracing::debug!(%peer_id, "connected");
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                let mut peers = self.peers();
+                if let Some(p) = peers.get_mut(&peer_id) {
+                    p.connections = p.connections.saturating_sub(1);
+                    p.last_seen = Instant::now();
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, "dial failed: {error}");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let storage = info.protocols.contains(&PROTOCOL);
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                let newly = {
+                    let mut peers = self.peers();
+                    let p = peers.entry(peer_id).or_insert_with(PeerInfo::new);
+                    let newly = storage && !p.storage;
+                    p.storage = storage;
+                    newly
+                };
+                if newly {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .frag
+                        .send_request(&peer_id, Request::Capacity);
+                    self.pending.insert(id, Pending::Capacity);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                let known = self.peers().get(&peer).is_some_and(|p| p.connected());
+                if !known && peer != self.shared.peer_id {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    if !self.peers().get(&peer).is_some_and(|p| p.connected()) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers().get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                    p.last_seen = Instant::now();
+                }
+            }
+            BehaviourEvent::Frag(ev) => self.on_frag_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_frag_event(&mut self, ev: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.serve(peer, request, channel),
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match self.pending.remove(&request_id) {
+                Some(Pending::Caller(tx)) => {
+                    let _ = tx.send(Ok(response));
+                }
+                Some(Pending::Capacity) => {
+                    if let Response::Capacity(c) = response {
+                        if let Some(p) = self.peers().get_mut(&peer) {
+                            p.capacity = Some(c);
+                        }
+                    }
+                }
+                None => {}
+            },
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(Pending::Caller(tx)) = self.pending.remove(&request_id) {
+                    use request_response::OutboundFailure as F;
+                    let e = match error {
+                        F::Timeout => NetError::Timeout(peer),
+                        F::DialFailure | F::ConnectionClosed | F::UnsupportedProtocols => {
+                            NetError::Unreachable(peer, error.to_string())
+                        }
+                        F::Io(e) => NetError::Protocol(peer, e.to_string()),
+                    };
+                    let _ = tx.send(Err(e));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "inbound request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Answers a request from the fragment store, off the swarm task.
+    fn serve(&mut self, peer: PeerId, req: Request, channel: ResponseChannel<Response>) {
+        let shared = self.shared.clone();
+        let handle = self.handle.clone();
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if shared.fault == Some(Fault::Stall) && matches!(req, Request::Get { .. }) {
+            // Keep the channel alive (unanswered) until the peer gives up.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                drop(channel);
+            });
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            let c = &shared.counters;
+            let resp = match req {
+                Request::Put { id, data } => match shared.frags.put(&id, &data) {
+                    Ok(PutOutcome::Stored) => {
+                        c.fragments_stored.fetch_add(1, Ordering::Relaxed);
+                        c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Response::Stored
+                    }
+                    Ok(PutOutcome::Refused(r)) => {
+                        c.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, "refused a fragment: {r}");
+                        Response::Refused(r)
+                    }
+                    Err(e) => {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("fragment store: {e}");
+                        Response::Failed(format!("storage error on the node: {e}"))
+                    }
+                },
+                Request::Get { id } => match shared.frags.get(&id) {
+                    Ok(Some(mut data)) => {
+                        match shared.fault {
+                            Some(Fault::Corrupt) if !data.is_empty() => {
+                                let at = data.len() - 1;
+                                data[at] ^= 1;
+                            }
+                            Some(Fault::Truncate) => data.truncate(data.len() / 2),
+                            _ => {}
+                        }
+                        c.fragments_served.fetch_add(1, Ordering::Relaxed);
+                        c.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Response::Fragment(data)
+                    }
+                    Ok(None) => Response::NotFound,
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
+                Request::Has { ids } => match shared.frags.has(&ids) {
+                    Ok(v) => Response::Has(v),
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
+                Request::Capacity => Response::Capacity(shared.frags.capacity()),
+            };
+            let _ = handle.cmd.send(Command::Respond { channel, resp });
+        });
+    }
+}

@@ -1,0 +1,390 @@
+//! The fragment protocol: PUT, GET, HAS and a capacity query over
+//! libp2p request-response, with a length-prefixed binary codec.
+//!
+//! Wire format (both directions): a 4-byte big-endian length, then that many
+//! bytes: a tag byte and the message's fields. Lengths over the limits are
+//! refused before anything is allocated; every decoder rejects bad input
+//! with an error (the stream is then dropped), never a panic.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+use crate::coder::{FragmentId, MAX_FRAGMENT};
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/fragments/1");
+/// Largest request or response body.
+pub const MAX_MESSAGE: usize = MAX_FRAGMENT + 4096;
+/// Most ids in one HAS request.
+pub const MAX_HAS: usize = 4096;
+/// Longest reason text in a refusal.
+const MAX_REASON: usize = 1024;
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Store a fragment under its id (BLAKE3 of the bytes, checked).
+    Put {
+        id: FragmentId,
+        data: Vec<u8>,
+    },
+    Get {
+        id: FragmentId,
+    },
+    Has {
+        ids: Vec<FragmentId>,
+    },
+    Capacity,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Put { id, data } => write!(f, "Put({id}, {}B)", data.len()),
+            Request::Get { id } => write!(f, "Get({id})"),
+            Request::Has { ids } => write!(f, "Has({} ids)", ids.len()),
+            Request::Capacity => write!(f, "Capacity"),
+        }
+    }
+}
+
+/// Space a node offers to others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Capacity {
+    /// What the node donates.
+    pub donated: u64,
+    /// What it stores for others now.
+    pub used: u64,
+    /// What it would accept now (donation left, limited by free disk).
+    pub available: u64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Response {
+    Stored,
+    Fragment(Vec<u8>),
+    NotFound,
+    Has(Vec<bool>),
+    Capacity(Capacity),
+    /// The node will not store this (full, over quota): the reason says why.
+    Refused(String),
+    /// The request was understood but failed on the node.
+    Failed(String),
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::Fragment(d) => write!(f, "Fragment({}B)", d.len()),
+            Response::Stored => write!(f, "Stored"),
+            Response::NotFound => write!(f, "NotFound"),
+            Response::Has(v) => write!(f, "Has({v:?})"),
+            Response::Capacity(c) => write!(f, "{c:?}"),
+            Response::Refused(r) => write!(f, "Refused({r})"),
+            Response::Failed(r) => write!(f, "Failed({r})"),
+        }
+    }
+}
+
+fn invalid(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
+
+fn take_id(b: &[u8]) -> io::Result<(FragmentId, &[u8])> {
+    if b.len() < 32 {
+        return Err(invalid("truncated fragment id"));
+    }
+    Ok((FragmentId(b[..32].try_into().expect("32 bytes")), &b[32..]))
+}
+
+fn reason(b: &[u8]) -> io::Result<String> {
+    if b.len() > MAX_REASON {
+        return Err(invalid("reason text too long"));
+    }
+    String::from_utf8(b.to_vec()).map_err(|_| invalid("reason text is not UTF-8"))
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Request::Put { id, data } => {
+                out.reserve(33 + data.len());
+                out.push(1);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(data);
+            }
+            Request::Get { id } => {
+                out.push(2);
+                out.extend_from_slice(&id.0);
+            }
+            Request::Has { ids } => {
+                out.push(3);
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+            Request::Capacity => out.push(4),
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> io::Result<Self> {
+        let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty request"))?;
+        match tag {
+            1 => {
+                let (id, data) = take_id(rest)?;
+                if data.len() > MAX_FRAGMENT {
+                    return Err(invalid("fragment over the size limit"));
+                }
+                Ok(Request::Put {
+                    id,
+                    data: data.to_vec(),
+                })
+            }
+            2 => {
+                let (id, rest) = take_id(rest)?;
+                if !rest.is_empty() {
+                    return Err(invalid("trailing bytes after GET"));
+                }
+                Ok(Request::Get { id })
+            }
+            3 => {
+                if rest.len() % 32 != 0 || rest.len() / 32 > MAX_HAS {
+                    return Err(invalid("bad HAS id list"));
+                }
+                let ids = rest
+                    .chunks_exact(32)
+                    .map(|c| FragmentId(c.try_into().expect("32 bytes")))
+                    .collect();
+                Ok(Request::Has { ids })
+            }
+            4 if rest.is_empty() => Ok(Request::Capacity),
+            _ => Err(invalid(format!("unknown request type {tag}"))),
+        }
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Response::Stored => out.push(1),
+            Response::Fragment(d) => {
+                out.reserve(1 + d.len());
+                out.push(2);
+                out.extend_from_slice(d);
+            }
+            Response::NotFound => out.push(3),
+            Response::Has(v) => {
+                out.push(4);
+                out.extend(v.iter().map(|b| *b as u8));
+            }
+            Response::Capacity(c) => {
+                out.push(5);
+                for v in [c.donated, c.used, c.available] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            Response::Refused(r) | Response::Failed(r) => {
+                out.push(if matches!(self, Response::Refused(_)) {
+                    6
+                } else {
+                    7
+                });
+                let mut end = r.len().min(MAX_REASON);
+                while !r.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&r.as_bytes()[..end]);
+            }
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> io::Result<Self> {
+        let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty response"))?;
+        let empty = |r: Response| {
+            if rest.is_empty() {
+                Ok(r)
+            } else {
+                Err(invalid("trailing bytes in response"))
+            }
+        };
+        match tag {
+            1 => empty(Response::Stored),
+            2 if rest.len() <= MAX_FRAGMENT => Ok(Response::Fragment(rest.to_vec())),
+            3 => empty(Response::NotFound),
+            4 if rest.len() <= MAX_HAS && rest.iter().all(|b| *b <= 1) => {
+                Ok(Response::Has(rest.iter().map(|b| *b == 1).collect()))
+            }
+            5 if rest.len() == 24 => {
+                let at = |i: usize| u64::from_be_bytes(rest[i..i + 8].try_into().expect("8"));
+                Ok(Response::Capacity(Capacity {
+                    donated: at(0),
+                    used: at(8),
+                    available: at(16),
+                }))
+            }
+            6 => Ok(Response::Refused(reason(rest)?)),
+            7 => Ok(Response::Failed(reason(rest)?)),
+            _ => Err(invalid(format!("bad response type {tag}"))),
+        }
+    }
+}
+
+/// Reads one length-prefixed message of at most `limit` bytes.
+pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(invalid(format!(
+            "message of {len} bytes is over the {limit} limit"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, body: &[u8]) -> io::Result<()> {
+    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+/// The request-response codec. Counts requests it rejects as malformed
+/// (libp2p drops such streams without an event).
+#[derive(Clone, Default)]
+pub struct Codec {
+    pub rejected: Arc<AtomicU64>,
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let r = match read_frame(io, MAX_MESSAGE).await {
+            Ok(body) => Request::decode(&body),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("rejected a malformed request: {e}");
+        }
+        r
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Response::decode(&read_frame(io, MAX_MESSAGE).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &r.encode()).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &r.encode()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_req(r: Request) {
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn messages_roundtrip() {
+        let id = FragmentId([7; 32]);
+        roundtrip_req(Request::Put {
+            id,
+            data: vec![1, 2, 3],
+        });
+        roundtrip_req(Request::Get { id });
+        roundtrip_req(Request::Has { ids: vec![id, id] });
+        roundtrip_req(Request::Capacity);
+        for r in [
+            Response::Stored,
+            Response::Fragment(vec![9; 100]),
+            Response::NotFound,
+            Response::Has(vec![true, false]),
+            Response::Capacity(Capacity {
+                donated: 1,
+                used: 2,
+                available: 3,
+            }),
+            Response::Refused("full".into()),
+            Response::Failed("disk".into()),
+        ] {
+            assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        for bad in [
+            &[][..],
+            &[0],
+            &[1, 2, 3],
+            &[2; 40],
+            &[3; 34],
+            &[4, 0],
+            &[99],
+        ] {
+            assert!(Request::decode(bad).is_err(), "{bad:?}");
+        }
+        for bad in [
+            &[][..],
+            &[1, 0],
+            &[4, 2],
+            &[5, 0, 0],
+            &[6, 0xff, 0xfe],
+            &[0],
+        ] {
+            assert!(Response::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocation() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&u32::MAX.to_be_bytes());
+        wire.extend_from_slice(&[0; 16]);
+        let mut cur = futures::io::Cursor::new(wire);
+        let err = futures::executor::block_on(read_frame(&mut cur, MAX_MESSAGE)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A frame cut short is an error too.
+        let mut cur = futures::io::Cursor::new(vec![0, 0, 0, 10, 1, 2]);
+        assert!(futures::executor::block_on(read_frame(&mut cur, MAX_MESSAGE)).is_err());
+    }
+}

@@ -1,0 +1,577 @@
+//! The bridge between a vault and the network: the background uploader
+//! (encode, place, PUT, commit the placement), fetching objects from peers
+//! for reads, redundancy health, and waiting for a full sync.
+//!
+//! Data flow of an upload: `Uploads` queue -> local sealed bytes ->
+//! `coder::encode` (blocking pool) -> `placement::choose` -> parallel PUTs ->
+//! `Vault::commit_placement`. At most [`UPLOAD_PARALLEL`] objects are in
+//! flight, which bounds memory (about 11 MiB each for a full chunk at 10 of
+//! 16). A read of an object that is not on local disk asks the holders of
+//! the source fragments first, hedges slow peers with extra requests,
+//! checks every fragment against its id before decoding, and strikes peers
+//! that return bad data.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::coder::{self, Decoder, Fragment, FragmentId, Layout};
+use crate::crypto::ObjectId;
+use crate::net::proto::{Request, Response};
+use crate::net::{NetError, NodeHandle, PeerId};
+use crate::placement::{self, Candidate};
+use crate::vault::records::{FragmentLoc, Placement};
+use crate::vault::{Fetcher, Vault};
+
+/// Objects encoded and sent at once.
+pub const UPLOAD_PARALLEL: usize = 8;
+/// A PUT that takes longer is retried elsewhere.
+const PUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A GET that takes longer counts as failed.
+const GET_TIMEOUT: Duration = Duration::from_secs(20);
+/// Without k fragments after this long, one more holder is asked.
+const HEDGE_AFTER: Duration = Duration::from_millis(400);
+/// `sync` gives up after this long without any upload progress.
+const STALL: Duration = Duration::from_secs(30);
+/// Attempts per fragment (the first peer, then others).
+const PUT_ATTEMPTS: usize = 4;
+/// After start, uploads wait this long for n peers to be discovered before
+/// placing several fragments on one peer.
+const DISCOVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// Redundancy of placed objects, judged by which holders are connected now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// All n fragments on n distinct connected peers.
+    pub healthy: u64,
+    /// Readable (at least k fragments reachable) but below full redundancy.
+    pub degraded: u64,
+    /// Fewer than k fragments reachable.
+    pub lost: u64,
+    /// Objects placed with several fragments on one peer.
+    pub crowded: u64,
+}
+
+/// Progress of `sync`, sent to the client while it waits.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct SyncProgress {
+    pub remaining_objects: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+    /// Upload rate over the last seconds, bytes per second.
+    pub rate: f64,
+}
+
+#[derive(Default)]
+struct UploadState {
+    last_error: Option<String>,
+    uploaded_bytes: u64,
+    in_flight: HashSet<ObjectId>,
+}
+
+/// The network side of a mounted vault.
+pub struct Remote {
+    vault: Arc<Vault>,
+    node: NodeHandle,
+    k: u32,
+    n: u32,
+    state: Mutex<UploadState>,
+    wake: tokio::sync::Notify,
+    started: Instant,
+}
+
+fn peer_bytes(p: &PeerId) -> Vec<u8> {
+    p.to_bytes()
+}
+
+impl Remote {
+    /// Connects a vault to a running node: reads can now fetch from peers
+    /// and the uploader starts on the current runtime.
+    pub fn start(vault: Arc<Vault>, node: NodeHandle, k: u32, n: u32) -> Arc<Remote> {
+        let remote = Arc::new(Remote {
+            vault: vault.clone(),
+            node: node.clone(),
+            k,
+            n,
+            state: Mutex::new(UploadState::default()),
+            wake: tokio::sync::Notify::new(),
+            started: Instant::now(),
+        });
+        vault.set_fetcher(Arc::new(NetFetcher {
+            node,
+            rt: tokio::runtime::Handle::current(),
+        }));
+        tokio::spawn(remote.clone().upload_loop());
+        remote
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, UploadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the uploader (new objects were committed).
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// The last upload failure, if uploads are failing.
+    pub fn last_error(&self) -> Option<String> {
+        if self.vault.upload_backlog().objects == 0 {
+            return None;
+        }
+        self.state().last_error.clone()
+    }
+
+    pub fn redundancy(&self) -> (u32, u32) {
+        (self.k, self.n)
+    }
+
+    async fn upload_loop(self: Arc<Self>) {
+        let mut cursor: Option<ObjectId> = None;
+        loop {
+            let vault = self.vault.clone();
+            let after = cursor;
+            let batch = tokio::task::spawn_blocking(move || vault.upload_queue(after.as_ref(), 64))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("reading the upload queue: {e}");
+                    self.idle(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            cursor = if batch.len() == 64 {
+                batch.last().copied()
+            } else {
+                None
+            };
+            if batch.is_empty() {
+                self.idle(Duration::from_secs(1)).await;
+                continue;
+            }
+            let peers = self.node.storage_peers().len();
+            if peers == 0 {
+                self.state().last_error = Some("no storage peers are connected".into());
+                self.idle(Duration::from_secs(1)).await;
+                continue;
+            }
+            if peers < self.n as usize && self.started.elapsed() < DISCOVERY_GRACE {
+                // Give Kademlia a moment to find more peers.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            let results: Vec<Result<(), String>> = futures::stream::iter(batch)
+                .map(|id| self.upload_one(id))
+                .buffer_unordered(UPLOAD_PARALLEL)
+                .collect()
+                .await;
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                let mut st = self.state();
+                if st.last_error.as_deref() != Some(e) {
+                    tracing::warn!("upload failed (will retry): {e}");
+                }
+                st.last_error = Some(e.clone());
+            }
+            if ok == 0 {
+                self.idle(Duration::from_secs(2)).await;
+            }
+        }
+    }
+
+    async fn idle(&self, d: Duration) {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+
+    fn candidates(&self, exclude: &[PeerId]) -> Vec<Candidate<PeerId>> {
+        self.node
+            .storage_peers()
+            .into_iter()
+            .filter(|(id, _)| !exclude.contains(id))
+            .map(|(peer, info)| Candidate {
+                peer,
+                available: info.capacity.map(|c| c.available),
+                rtt: info.rtt,
+                strikes: info.strikes,
+            })
+            .collect()
+    }
+
+    async fn upload_one(&self, id: ObjectId) -> Result<(), String> {
+        if !self.state().in_flight.insert(id) {
+            return Ok(());
+        }
+        let r = self.upload_inner(id).await;
+        self.state().in_flight.remove(&id);
+        r
+    }
+
+    async fn upload_inner(&self, id: ObjectId) -> Result<(), String> {
+        let vault = self.vault.clone();
+        let (k, n) = (self.k, self.n);
+        let encoded = tokio::task::spawn_blocking(move || {
+            let Some(bytes) = vault.local_object(&id).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let frags = coder::encode(&bytes, k, 0..n).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some((bytes.len() as u64, frags)))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let Some((len, frags)) = encoded else {
+            // Deleted since it was queued.
+            return Ok(());
+        };
+        let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
+        let cands = self.candidates(&[]);
+        let peers = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
+            if cands.is_empty() {
+                "no storage peers are connected".to_string()
+            } else {
+                format!(
+                    "every connected peer is full ({} peers, {} bytes needed per fragment)",
+                    cands.len(),
+                    frag_len
+                )
+            }
+        })?;
+        let puts = frags
+            .into_iter()
+            .zip(peers)
+            .map(|(f, p)| self.put_fragment(f, p));
+        let locs = futures::future::join_all(puts).await;
+        let fragments = locs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let placement = Placement {
+            len,
+            k,
+            fragments,
+            next_index: n,
+        };
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || vault.commit_placement(&id, &placement))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.state().uploaded_bytes += len;
+        Ok(())
+    }
+
+    /// Stores one fragment, on `first` or, if it fails, on other peers.
+    async fn put_fragment(&self, frag: Fragment, first: PeerId) -> Result<FragmentLoc, String> {
+        let mut tried = vec![];
+        let mut peer = first;
+        let mut last = String::new();
+        for _ in 0..PUT_ATTEMPTS {
+            tried.push(peer);
+            let req = Request::Put {
+                id: frag.id,
+                data: frag.bytes.clone(),
+            };
+            match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                Ok(Ok(Response::Stored)) => {
+                    let len = frag.bytes.len() as u64;
+                    self.node
+                        .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
+                    return Ok(FragmentLoc {
+                        index: frag.index,
+                        id: frag.id,
+                        peer: peer_bytes(&peer),
+                    });
+                }
+                Ok(Ok(Response::Refused(why))) => {
+                    self.node.note_capacity(&peer, |c| c.available = 0);
+                    last = format!("peer {peer} refused a fragment: {why}");
+                }
+                Ok(Ok(other)) => {
+                    self.node
+                        .strike(&peer, &format!("unexpected answer to PUT: {other:?}"));
+                    last = format!("peer {peer} answered PUT with {other:?}");
+                }
+                Ok(Err(e)) => {
+                    if !matches!(e, NetError::Unreachable(..)) {
+                        self.node.strike(&peer, &e.to_string());
+                    }
+                    last = e.to_string();
+                }
+                Err(_) => {
+                    self.node.strike(&peer, "PUT timed out");
+                    last = format!("peer {peer} did not store a fragment in time");
+                }
+            }
+            let others = self.candidates(&tried);
+            match placement::choose(&others, 1, frag.bytes.len() as u64) {
+                Some(p) => peer = p[0],
+                None => match self.candidates(&[]).first() {
+                    // Every peer was tried once: allow one that already holds
+                    // another fragment of this object.
+                    Some(c) if tried.len() < PUT_ATTEMPTS => peer = c.peer,
+                    _ => break,
+                },
+            }
+        }
+        Err(last)
+    }
+
+    /// Redundancy of every placed object, by which holders are connected.
+    pub fn health(&self) -> Result<Health, String> {
+        let connected: HashSet<Vec<u8>> = self
+            .node
+            .peers()
+            .into_iter()
+            .filter(|(_, p)| p.connected())
+            .map(|(id, _)| peer_bytes(&id))
+            .collect();
+        let mut h = Health::default();
+        for (_, p) in self.vault.placements().map_err(|e| e.to_string())? {
+            let all: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
+            if all.len() < p.fragments.len() {
+                h.crowded += 1;
+            }
+            let live: Vec<&FragmentLoc> = p
+                .fragments
+                .iter()
+                .filter(|f| connected.contains(&f.peer))
+                .collect();
+            let distinct: HashSet<&Vec<u8>> = live.iter().map(|f| &f.peer).collect();
+            if live.len() >= self.n as usize && distinct.len() >= self.n as usize {
+                h.healthy += 1;
+            } else if live.len() >= p.k as usize {
+                h.degraded += 1;
+            } else {
+                h.lost += 1;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Waits until every object is on peers (flush the vault first), then
+    /// checks that all are at full redundancy.
+    pub async fn wait_synced(
+        &self,
+        mut progress: impl FnMut(SyncProgress),
+    ) -> Result<Health, String> {
+        self.kick();
+        let start = Instant::now();
+        let first = self.vault.upload_backlog();
+        let mut last_bytes = first.bytes;
+        let mut last_change = Instant::now();
+        let mut rate_mark = (Instant::now(), self.state().uploaded_bytes);
+        let mut rate = 0.0;
+        loop {
+            let b = self.vault.upload_backlog();
+            let done = self.state().uploaded_bytes;
+            let dt = rate_mark.0.elapsed().as_secs_f64();
+            if dt >= 1.0 {
+                rate = (done - rate_mark.1) as f64 / dt;
+                rate_mark = (Instant::now(), done);
+            }
+            progress(SyncProgress {
+                remaining_objects: b.objects,
+                remaining_bytes: b.bytes,
+                total_bytes: first.bytes.max(b.bytes),
+                rate,
+            });
+            if b.objects == 0 {
+                break;
+            }
+            if b.bytes != last_bytes {
+                last_bytes = b.bytes;
+                last_change = Instant::now();
+            }
+            if self.node.storage_peers().is_empty() && start.elapsed() > Duration::from_secs(5) {
+                return Err(format!(
+                    "no storage peers are reachable: {} objects ({} bytes) are waiting for upload; \
+                     start contribution nodes (drizzle node) or mount with --peer ADDR",
+                    b.objects, b.bytes
+                ));
+            }
+            if last_change.elapsed() > STALL {
+                let why = self
+                    .state()
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(format!(
+                    "no upload progress for {} s ({} objects, {} bytes left); last error: {why}",
+                    STALL.as_secs(),
+                    b.objects,
+                    b.bytes
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let h = self.health()?;
+        if h.degraded + h.lost > 0 {
+            let peers = self.node.storage_peers().len();
+            return Err(format!(
+                "every object is uploaded, but {} of {} are below full redundancy: \
+                 {peers} storage peers are connected and each object needs its {} fragments \
+                 on {} distinct peers",
+                h.degraded + h.lost,
+                h.healthy + h.degraded + h.lost,
+                self.n,
+                self.n
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// Reads objects from peers for the vault (called on blocking threads).
+struct NetFetcher {
+    node: NodeHandle,
+    rt: tokio::runtime::Handle,
+}
+
+impl Fetcher for NetFetcher {
+    fn fetch(&self, id: &ObjectId, placement: &Placement) -> Result<Vec<u8>, String> {
+        self.rt.block_on(fetch_object(&self.node, id, placement))
+    }
+}
+
+type FetchOne = futures::future::BoxFuture<
+    'static,
+    (
+        FragmentId,
+        PeerId,
+        Result<Result<Response, NetError>, tokio::time::error::Elapsed>,
+    ),
+>;
+
+/// Asks the next holder in `queue` for its fragment; false if none is left.
+fn launch(
+    node: &NodeHandle,
+    inflight: &mut FuturesUnordered<FetchOne>,
+    queue: &mut impl Iterator<Item = (FragmentId, PeerId)>,
+) -> bool {
+    use futures::FutureExt;
+    let Some((fid, peer)) = queue.next() else {
+        return false;
+    };
+    let node = node.clone();
+    inflight.push(
+        async move {
+            let r = tokio::time::timeout(GET_TIMEOUT, node.request(peer, Request::Get { id: fid }))
+                .await;
+            (fid, peer, r)
+        }
+        .boxed(),
+    );
+    true
+}
+
+/// Fetches `k` fragments (source fragments first, hedging slow peers) and
+/// rebuilds the object.
+pub async fn fetch_object(
+    node: &NodeHandle,
+    id: &ObjectId,
+    placement: &Placement,
+) -> Result<Vec<u8>, String> {
+    let k = placement.k as usize;
+    let layout = Layout::new(placement.len as usize, placement.k).map_err(|e| e.to_string())?;
+    let peers = node.peers();
+    let mut order: Vec<(&FragmentLoc, Option<PeerId>)> = placement
+        .fragments
+        .iter()
+        .map(|f| (f, PeerId::from_bytes(&f.peer).ok()))
+        .collect();
+    order.sort_by_key(|(f, p)| {
+        let info = p.as_ref().and_then(|p| peers.get(p));
+        (
+            !info.is_some_and(|i| i.connected()),
+            info.map_or(0, |i| i.strikes.min(3)),
+            f.index >= placement.k,
+            info.and_then(|i| i.rtt).unwrap_or(Duration::MAX),
+        )
+    });
+    let mut queue = order
+        .into_iter()
+        .filter_map(|(f, p)| Some((f.id, p?)))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut inflight: FuturesUnordered<FetchOne> = FuturesUnordered::new();
+    for _ in 0..k {
+        launch(node, &mut inflight, &mut queue);
+    }
+    let mut decoder = Decoder::new(layout);
+    let mut problems: Vec<String> = Vec::new();
+    let mut hedge =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEDGE_AFTER, HEDGE_AFTER);
+    loop {
+        if inflight.is_empty() && !launch(node, &mut inflight, &mut queue) {
+            return Err(format!(
+                "object {id}: only {} of the {k} fragments needed could be fetched ({})",
+                decoder.fragments(),
+                if problems.is_empty() {
+                    "no holder is known".to_string()
+                } else {
+                    problems.join("; ")
+                }
+            ));
+        }
+        tokio::select! {
+            next = inflight.next() => {
+                let Some((fid, peer, r)) = next else { continue };
+                let mut ok = false;
+                match r {
+                    Ok(Ok(Response::Fragment(bytes))) if FragmentId::of(&bytes) == fid => {
+                        match decoder.add(&bytes) {
+                            Ok(()) => ok = true,
+                            Err(e) => {
+                                node.strike(&peer, &format!("fragment {fid} does not fit: {e}"));
+                                problems.push(format!("peer {peer}: {e}"));
+                            }
+                        }
+                    }
+                    Ok(Ok(Response::Fragment(_))) => {
+                        node.strike(&peer, &format!("returned corrupt data for fragment {fid}"));
+                        problems.push(format!("peer {peer} returned a corrupt fragment"));
+                    }
+                    Ok(Ok(Response::NotFound)) => {
+                        problems.push(format!("peer {peer} no longer has fragment {fid}"));
+                    }
+                    Ok(Ok(other)) => {
+                        node.strike(&peer, &format!("unexpected answer to GET: {other:?}"));
+                        problems.push(format!("peer {peer} answered {other:?}"));
+                    }
+                    Ok(Err(e)) => problems.push(e.to_string()),
+                    Err(_) => {
+                        node.strike(&peer, "GET timed out");
+                        problems.push(format!("peer {peer} timed out"));
+                    }
+                }
+                if ok && decoder.fragments() >= k {
+                    match decoder.decode() {
+                        Ok(obj) => {
+                            if ObjectId::of(&obj) == *id {
+                                return Ok(obj);
+                            }
+                            return Err(format!("object {id} rebuilt from verified fragments does not match its id"));
+                        }
+                        Err(_) => {
+                            launch(node, &mut inflight, &mut queue);
+                        }
+                    }
+                } else if !ok {
+                    launch(node, &mut inflight, &mut queue);
+                }
+            }
+            _ = hedge.tick() => {
+                launch(node, &mut inflight, &mut queue);
+            }
+        }
+    }
+}

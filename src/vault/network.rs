@@ -1,0 +1,318 @@
+//! The vault's side of the network: the upload queue, placement records,
+//! fetching objects that are only on peers, and the local disk cache of
+//! objects already safe on peers ("online-only" files).
+//!
+//! A new object enters the `Uploads` family in the batch that first
+//! references it. The uploader (in `remote`, outside the vault) encodes and
+//! places it, then [`Vault::commit_placement`] records where its fragments
+//! are, removes it from the queue and makes the local copy evictable
+//! (`Cached`). Eviction deletes local copies, least recently used first,
+//! while the cache is over its limit; placements are synced first.
+
+use std::sync::Arc;
+
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Gets an object's sealed bytes from peers (implemented by `remote`).
+pub trait Fetcher: Send + Sync {
+    /// Fetches and rebuilds an object; the bytes are checked against `id`
+    /// by the caller too.
+    fn fetch(&self, id: &ObjectId, placement: &Placement) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// Objects not yet stored on peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadBacklog {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Local copies of objects that are safe on peers.
+pub(super) struct DiskCache {
+    lru: LruCache<ObjectId, u64>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl DiskCache {
+    pub(super) fn new(limit: u64) -> Self {
+        DiskCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            limit,
+        }
+    }
+}
+
+impl Vault {
+    fn disk_cache(&self) -> MutexGuard<'_, DiskCache> {
+        self.disk_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the upload backlog and the disk cache index at open.
+    pub(super) fn load_network_state(&self) -> Result<()> {
+        let mut backlog = UploadBacklog::default();
+        for (k, _) in self.store.scan(Cf::Uploads, &[], usize::MAX)? {
+            let rec: Option<ObjectRecord> = self.get_record(Cf::Objects, &k, "object record")?;
+            match rec {
+                Some(r) => {
+                    backlog.objects += 1;
+                    backlog.bytes += r.size;
+                }
+                None => {
+                    // Released before it was uploaded.
+                    let mut b = Batch::default();
+                    b.delete(Cf::Uploads, k);
+                    self.store.write(b)?;
+                }
+            }
+        }
+        self.lock().uploads = backlog;
+        let mut cache = self.disk_cache();
+        for (k, v) in self.store.scan(Cf::Cached, &[], usize::MAX)? {
+            let id = ObjectId(k[..32].try_into().map_err(|e| corrupt("cache key", e))?);
+            let size = u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|e| corrupt("cache record", e))?,
+            );
+            cache.bytes += size;
+            cache.lru.put(id, size);
+        }
+        drop(cache);
+        self.evict()
+    }
+
+    /// Sets how the vault fetches objects that are not on local disk.
+    pub fn set_fetcher(&self, f: Arc<dyn Fetcher>) {
+        let _ = self.fetcher.set(f);
+    }
+
+    /// Changes the disk cache limit (bytes of synced objects kept locally).
+    pub fn set_disk_cache_limit(&self, limit: u64) -> Result<()> {
+        self.disk_cache().limit = limit;
+        self.evict()
+    }
+
+    /// Called (inside the batch) when an object gets its first reference.
+    pub(super) fn queue_upload(
+        &self,
+        inner: &mut Inner,
+        batch: &mut Txn,
+        id: &ObjectId,
+        size: u64,
+    ) {
+        batch.put(Cf::Uploads, id.0.to_vec(), Vec::new());
+        inner.uploads.objects += 1;
+        inner.uploads.bytes += size;
+    }
+
+    /// Called (inside the batch) when an object is deleted: forget its queue
+    /// entry, placement and cache entry. Its fragments on peers are left to
+    /// expire (leases are the quota issue's job).
+    pub(super) fn forget_remote(
+        &self,
+        inner: &mut Inner,
+        batch: &mut Txn,
+        id: &ObjectId,
+        size: u64,
+    ) -> Result<()> {
+        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
+            batch.delete(Cf::Uploads, id.0.to_vec());
+            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
+            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(size);
+        }
+        batch.delete(Cf::Placements, id.0.to_vec());
+        batch.delete(Cf::Cached, id.0.to_vec());
+        let mut cache = self.disk_cache();
+        if let Some(s) = cache.lru.pop(id) {
+            cache.bytes -= s;
+        }
+        Ok(())
+    }
+
+    /// The next objects waiting for upload, in key order after `after`.
+    pub fn upload_queue(&self, after: Option<&ObjectId>, limit: usize) -> Result<Vec<ObjectId>> {
+        let from = after.map(|a| {
+            let mut k = a.0.to_vec();
+            k.push(0);
+            k
+        });
+        let rows = self
+            .store
+            .scan_from(Cf::Uploads, &[], from.as_deref().unwrap_or(&[]), limit)?;
+        rows.into_iter()
+            .map(|(k, _)| {
+                Ok(ObjectId(
+                    k[..32].try_into().map_err(|e| corrupt("upload key", e))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn upload_backlog(&self) -> UploadBacklog {
+        self.lock().uploads
+    }
+
+    /// The sealed bytes of an object if they are on local disk (checked).
+    pub fn local_object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>> {
+        match self.store.read_object(id)? {
+            Some(b) if ObjectId::of(&b) == *id => Ok(Some(b)),
+            Some(_) => Err(corrupt(
+                format!("object {id}"),
+                "content does not match its id",
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Records where an uploaded object's fragments are and takes it off the
+    /// queue. Returns false if the object was deleted meanwhile.
+    pub fn commit_placement(&self, id: &ObjectId, placement: &Placement) -> Result<bool> {
+        let mut inner = self.lock();
+        let rec: Option<ObjectRecord> = self.get_record(Cf::Objects, &id.0, "object record")?;
+        let Some(rec) = rec else {
+            return Ok(false);
+        };
+        let mut batch = Txn::default();
+        self.put_record(&mut batch, Cf::Placements, &id.0, placement);
+        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
+            batch.delete(Cf::Uploads, id.0.to_vec());
+            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
+            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(rec.size);
+        }
+        let local = self.store.read_object(id)?.is_some();
+        if local {
+            batch.put(Cf::Cached, id.0.to_vec(), rec.size.to_be_bytes().to_vec());
+        }
+        self.commit(&mut inner, batch)?;
+        drop(inner);
+        if local {
+            let mut cache = self.disk_cache();
+            if cache.lru.put(*id, rec.size).is_none() {
+                cache.bytes += rec.size;
+            }
+        }
+        self.evict()?;
+        Ok(true)
+    }
+
+    pub fn placement(&self, id: &ObjectId) -> Result<Option<Placement>> {
+        self.get_record(Cf::Placements, &id.0, "placement")
+    }
+
+    /// Every placement record (a scan, for health reports).
+    pub fn placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Cf::Placements, &[], usize::MAX)? {
+            let p: Placement = decode(&open_record(&self.keys, Cf::Placements, &k, &v)?)
+                .map_err(|e| corrupt("placement", e))?;
+            out.push((
+                ObjectId(
+                    k[..32]
+                        .try_into()
+                        .map_err(|e| corrupt("placement key", e))?,
+                ),
+                p,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Bytes of synced objects kept on local disk.
+    pub fn disk_cache_bytes(&self) -> u64 {
+        self.disk_cache().bytes
+    }
+
+    /// Drops local copies of synced objects, least recently used first,
+    /// until the disk cache is within its limit.
+    fn evict(&self) -> Result<()> {
+        let victims: Vec<(ObjectId, u64)> = {
+            let mut cache = self.disk_cache();
+            let mut v = Vec::new();
+            while cache.bytes > cache.limit {
+                let Some((id, size)) = cache.lru.pop_lru() else {
+                    break;
+                };
+                cache.bytes -= size;
+                v.push((id, size));
+            }
+            v
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        // The placements that make these copies redundant must be durable
+        // before the copies go.
+        self.store.sync()?;
+        let mut batch = Batch::default();
+        for (id, size) in &victims {
+            batch.delete(Cf::Cached, id.0.to_vec());
+            batch.delete_object(id, *size);
+        }
+        self.store.write(batch)?;
+        tracing::debug!(
+            "evicted {} synced objects from the disk cache",
+            victims.len()
+        );
+        Ok(())
+    }
+
+    /// Marks a local copy as recently used.
+    pub(super) fn touch_cached(&self, id: &ObjectId) {
+        let mut cache = self.disk_cache();
+        cache.lru.get(id);
+    }
+
+    /// Reads an object that is not on local disk from peers and keeps a copy
+    /// if the disk cache has room for any.
+    pub(super) fn fetch_remote(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        let placement = self.placement(id)?.ok_or_else(|| {
+            corrupt(
+                format!("object {id}"),
+                "missing from local disk and never uploaded",
+            )
+        })?;
+        let fetcher = self.fetcher.get().ok_or_else(|| {
+            VaultError::Unavailable(format!(
+                "object {id} is stored only on peers and the network is not running"
+            ))
+        })?;
+        let sealed = fetcher.fetch(id, &placement).map_err(|e| {
+            tracing::error!(object = %id, "cannot fetch from peers: {e}");
+            VaultError::Unavailable(e)
+        })?;
+        if ObjectId::of(&sealed) != *id {
+            return Err(corrupt(
+                format!("object {id}"),
+                "fetched bytes do not match the id",
+            ));
+        }
+        let keep = self.disk_cache().limit > 0;
+        if keep {
+            let inner = self.lock();
+            let still = self.store.get(Cf::Objects, &id.0)?.is_some();
+            if still {
+                let mut batch = Batch::default();
+                batch.put_object(&self.store, id, &sealed)?;
+                batch.put(
+                    Cf::Cached,
+                    id.0.to_vec(),
+                    (sealed.len() as u64).to_be_bytes().to_vec(),
+                );
+                self.store.write(batch)?;
+                drop(inner);
+                let mut cache = self.disk_cache();
+                if cache.lru.put(*id, sealed.len() as u64).is_none() {
+                    cache.bytes += sealed.len() as u64;
+                }
+                drop(cache);
+                self.evict()?;
+            }
+        }
+        Ok(sealed)
+    }
+}

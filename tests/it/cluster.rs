@@ -1,0 +1,463 @@
+//! In-process clusters: many real libp2p nodes in one process on 127.0.0.1,
+//! a vault (engine API, no FUSE) uploading to them, failing and lying peers,
+//! and malformed protocol messages.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use drizzle::coder;
+use drizzle::crypto::{ObjectId, VaultKeys};
+use drizzle::net::proto::{Request, Response};
+use drizzle::net::{Fault, Multiaddr, NodeConfig, NodeHandle, PeerId};
+use drizzle::remote::{fetch_object, Remote};
+use drizzle::vault::records::{FragmentLoc, Placement};
+use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
+
+use crate::support::pattern;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+/// Starts `faults.len()` nodes; each bootstraps from the first.
+async fn start_nodes(dir: &Path, faults: &[Option<Fault>], donate: u64) -> Vec<NodeHandle> {
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let mut cfg = NodeConfig::new(dir.join(format!("node-{i}")), donate);
+        cfg.listen = vec![loopback()];
+        cfg.fault = *fault;
+        if let Some(first) = nodes.first() {
+            cfg.peers = first.listen_addrs();
+        }
+        nodes.push(NodeHandle::start(cfg).await.unwrap());
+    }
+    nodes
+}
+
+/// Stops every node when dropped (even if the test fails).
+struct Stopper(Vec<NodeHandle>);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            n.stop();
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 12], 1 << 30));
+    let _stop = Stopper(nodes.clone());
+
+    let vdir = tmp.path().join("vault");
+    std::fs::create_dir_all(&vdir).unwrap();
+    let keys = || VaultKeys::from_master(&[7u8; 32]);
+    Vault::create(&vdir, &keys(), 0, 0).unwrap();
+    let opts = VaultOptions {
+        disk_cache: 0,
+        idle_flush: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let vault = Vault::open(&vdir, "cluster", keys(), opts).unwrap();
+    let mut cfg = NodeConfig::new(vdir.join("node"), 0);
+    cfg.listen = vec![loopback()];
+    cfg.peers = nodes[0].listen_addrs();
+    let (k, n) = (4, 8);
+    let (vnode, remote) = rt.block_on(async {
+        let vnode = NodeHandle::start(cfg).await.unwrap();
+        let remote = Remote::start(vault.clone(), vnode.clone(), k, n);
+        (vnode, remote)
+    });
+    let _stop_v = Stopper(vec![vnode.clone()]);
+    // Kademlia finds the whole cluster from one bootstrap address.
+    wait_for("peer discovery", Duration::from_secs(30), || {
+        vnode.storage_peers().len() >= 12
+    });
+
+    let mut files = Vec::new();
+    for (i, len) in [0usize, 1, 5000, 300_000, 4 << 20, (9 << 20) + 77]
+        .into_iter()
+        .enumerate()
+    {
+        let ino = vault
+            .mknod(
+                ROOT_INO,
+                format!("f{i}").as_bytes(),
+                Kind::File,
+                0o644,
+                0,
+                0,
+                0,
+                None,
+            )
+            .unwrap()
+            .0;
+        vault.open_file(ino).unwrap();
+        let data = pattern(len, i as u64);
+        vault.write(ino, 0, &data).unwrap();
+        vault.release(ino).unwrap();
+        files.push((ino, data));
+    }
+    vault.sync_all().unwrap();
+    let objects = vault.stats().unwrap().objects;
+    let health = rt.block_on(remote.wait_synced(|_| {})).unwrap();
+    assert_eq!(health.healthy, objects);
+    assert_eq!(vault.upload_backlog().objects, 0);
+    // Every object's n fragments sit on n distinct nodes, none on the vault's.
+    let held: Vec<u64> = nodes.iter().map(|x| x.fragment_count()).collect();
+    assert_eq!(held.iter().sum::<u64>(), objects * n as u64, "{held:?}");
+    assert_eq!(vnode.fragment_count(), 0);
+    for (_, p) in vault.placements().unwrap() {
+        let mut peers: Vec<_> = p.fragments.iter().map(|f| f.peer.clone()).collect();
+        peers.sort();
+        peers.dedup();
+        assert_eq!(peers.len(), n as usize);
+    }
+    // With a zero disk cache nothing synced stays local.
+    assert_eq!(vault.disk_cache_bytes(), 0);
+
+    // Lose n - k of the nodes, the busiest first, and empty every cache.
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(held[*i]));
+    for &i in &order[..(n - k) as usize] {
+        nodes[i].stop();
+    }
+    wait_for("disconnects", Duration::from_secs(10), || {
+        vnode.storage_peers().len() <= 12 - (n - k) as usize
+    });
+    vault.drop_memory_cache();
+    for (ino, data) in &files {
+        let back = vault.read(*ino, 0, data.len() + 10).unwrap();
+        assert!(back == *data, "file {ino} differs after losing nodes");
+    }
+    let h = remote.health().unwrap();
+    assert_eq!(h.lost, 0);
+    assert!(h.degraded > 0);
+    vault.shutdown().unwrap();
+}
+
+/// Stores an object's fragments on the given nodes directly, so the test
+/// decides which peers hold the source fragments.
+async fn place_on(vnode: &NodeHandle, holders: &[PeerId], object: &[u8], k: u32) -> Placement {
+    let frags = coder::encode(object, k, 0..holders.len() as u32).unwrap();
+    let mut locs = Vec::new();
+    for (f, peer) in frags.into_iter().zip(holders) {
+        let r = vnode
+            .request(
+                *peer,
+                Request::Put {
+                    id: f.id,
+                    data: f.bytes.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Response::Stored);
+        locs.push(FragmentLoc {
+            index: f.index,
+            id: f.id,
+            peer: peer.to_bytes(),
+        });
+    }
+    Placement {
+        len: object.len() as u64,
+        k,
+        fragments: locs,
+        next_index: holders.len() as u32,
+    }
+}
+
+#[test]
+fn corrupt_truncating_and_stalling_peers_do_not_break_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let faults = [
+        Some(Fault::Corrupt),
+        Some(Fault::Truncate),
+        Some(Fault::Stall),
+        None,
+        None,
+        None,
+        None,
+    ];
+    let nodes = rt.block_on(start_nodes(tmp.path(), &faults, 1 << 30));
+    let _stop = Stopper(nodes.clone());
+    let mut cfg = NodeConfig::new(tmp.path().join("reader"), 0);
+    cfg.listen = vec![loopback()];
+    cfg.peers = nodes.iter().flat_map(|n| n.listen_addrs()).collect();
+    let vnode = rt.block_on(NodeHandle::start(cfg)).unwrap();
+    let _stop_v = Stopper(vec![vnode.clone()]);
+    wait_for("peers", Duration::from_secs(20), || {
+        vnode.storage_peers().len() >= 7
+    });
+    let object = pattern(3 << 20, 99);
+    let id = ObjectId::of(&object);
+    // The three bad nodes hold the source fragments: the reader asks them
+    // first and must fall back to repair fragments on the good ones.
+    let holders: Vec<PeerId> = nodes.iter().map(|n| n.peer_id()).collect();
+    let placement = rt.block_on(place_on(&vnode, &holders, &object, 3));
+    let started = Instant::now();
+    let back = rt.block_on(fetch_object(&vnode, &id, &placement)).unwrap();
+    assert!(back == object);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the stalled peer was waited out instead of hedged"
+    );
+    let peers = vnode.peers();
+    for bad in &holders[..2] {
+        assert!(peers[bad].strikes > 0, "bad peer {bad} was not reported");
+    }
+    for good in &holders[3..] {
+        assert_eq!(peers[good].strikes, 0);
+    }
+    // With too few honest holders the read fails with a clear error, not
+    // wrong data.
+    let few = Placement {
+        fragments: placement.fragments[..4].to_vec(),
+        ..placement.clone()
+    };
+    let err = rt.block_on(fetch_object(&vnode, &id, &few)).unwrap_err();
+    assert!(err.contains("could be fetched"), "{err}");
+}
+
+#[test]
+fn full_nodes_refuse_and_uploads_go_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // Node 0 donates almost nothing.
+    let mut nodes = rt.block_on(start_nodes(tmp.path(), &[None], 1000));
+    let more = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 1..5 {
+            let mut cfg = NodeConfig::new(tmp.path().join(format!("n{i}")), 1 << 30);
+            cfg.listen = vec![loopback()];
+            cfg.peers = nodes[0].listen_addrs();
+            v.push(NodeHandle::start(cfg).await.unwrap());
+        }
+        v
+    });
+    nodes.extend(more);
+    let _stop = Stopper(nodes.clone());
+    wait_for("discovery", Duration::from_secs(30), || {
+        nodes[1].storage_peers().len() >= 4
+    });
+    let frag = coder::encode(&pattern(100_000, 1), 2, 0..1)
+        .unwrap()
+        .remove(0);
+    let r = rt
+        .block_on(nodes[1].request(
+            nodes[0].peer_id(),
+            Request::Put {
+                id: frag.id,
+                data: frag.bytes.clone(),
+            },
+        ))
+        .unwrap();
+    match r {
+        Response::Refused(why) => assert!(why.contains("donation full"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A PUT whose bytes do not match the id is refused too.
+    let r = rt
+        .block_on(nodes[1].request(
+            nodes[2].peer_id(),
+            Request::Put {
+                id: coder::FragmentId([0; 32]),
+                data: frag.bytes.clone(),
+            },
+        ))
+        .unwrap();
+    assert!(matches!(r, Response::Refused(_)), "{r:?}");
+}
+
+/// Raw bytes over the fragment protocol, to send what the real codec never
+/// would.
+mod raw {
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use libp2p::StreamProtocol;
+    use std::io;
+
+    #[derive(Clone, Default)]
+    pub struct RawCodec;
+
+    impl libp2p::request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut v = Vec::new();
+            io.read_to_end(&mut v).await?;
+            Ok(v)
+        }
+
+        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut v = Vec::new();
+            io.take(1 << 20).read_to_end(&mut v).await?;
+            Ok(v)
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&res).await?;
+            io.close().await
+        }
+    }
+}
+
+#[test]
+fn malformed_and_oversized_messages_are_rejected_without_a_crash() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(start_nodes(tmp.path(), &[None], 1 << 30));
+    let _stop = Stopper(nodes.clone());
+    let target = nodes[0].peer_id();
+    let addr = nodes[0].listen_addrs()[0].clone();
+
+    let answers: Vec<Result<Vec<u8>, String>> = rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                Default::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    raw::RawCodec,
+                    [(drizzle::net::proto::PROTOCOL, ProtocolSupport::Outbound)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                )
+            })
+            .unwrap()
+            .build();
+        swarm.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+                break;
+            }
+        }
+        let mut oversized = u32::MAX.to_be_bytes().to_vec();
+        oversized.extend_from_slice(&[1; 64]);
+        let mut truncated = 1000u32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(&[1; 10]);
+        let mut bad_tag = 1u32.to_be_bytes().to_vec();
+        bad_tag.push(99);
+        let mut short_get = 5u32.to_be_bytes().to_vec();
+        short_get.extend_from_slice(&[2, 1, 2, 3, 4]);
+        let reqs = [oversized, truncated, bad_tag, short_get, vec![]];
+        let mut ids = Vec::new();
+        for r in reqs {
+            ids.push(swarm.behaviour_mut().send_request(&target, r));
+        }
+        let mut answers = vec![None; ids.len()];
+        while answers.iter().any(Option::is_none) {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) => {
+                    let i = ids.iter().position(|x| *x == request_id).unwrap();
+                    answers[i] = Some(Ok(response));
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) => {
+                    let i = ids.iter().position(|x| *x == request_id).unwrap();
+                    answers[i] = Some(Err(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+        answers.into_iter().map(Option::unwrap).collect()
+    });
+    for (i, a) in answers.iter().enumerate() {
+        // The node drops the stream: no answer, or an empty one.
+        assert!(
+            a.as_ref().map_or(true, |v| v.is_empty()),
+            "malformed request {i} got an answer: {a:?}"
+        );
+    }
+    // The node is still up and serving.
+    let mut cfg = NodeConfig::new(tmp.path().join("checker"), 0);
+    cfg.listen = vec![loopback()];
+    let checker = rt.block_on(NodeHandle::start(cfg)).unwrap();
+    let _stop_c = Stopper(vec![checker.clone()]);
+    checker.dial(nodes[0].listen_addrs()[0].clone());
+    let r = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                checker.request(target, Request::Capacity),
+            )
+            .await
+        })
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Response::Capacity(_)), "{r:?}");
+    let errors = nodes[0]
+        .counters()
+        .malformed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        errors >= 4,
+        "{errors} failed inbound requests counted: {answers:?}"
+    );
+}

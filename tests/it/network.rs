@@ -1,0 +1,182 @@
+//! Multi-process: `drizzle node` processes and a vault mounted through the
+//! real binary, syncing to them, losing some, reading back from the rest.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{assert_same_tree, local_net_args, pattern, Drive, Node};
+
+/// Copies a real tree (part of /usr/include) plus some large files into `dst`.
+fn sample_tree(dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    let out = Command::new("cp")
+        .args(["-a", "/usr/include/linux"])
+        .arg(dst.join("linux"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dst.join("big.bin"), pattern((13 << 20) + 12345, 1)).unwrap();
+    std::fs::write(dst.join("empty"), b"").unwrap();
+    std::fs::write(dst.join("small.txt"), b"hello peers\n").unwrap();
+}
+
+fn peer_args(d: &mut Drive, nodes: &[Node], cache: Option<&str>) {
+    d.mount_args = local_net_args();
+    for n in nodes {
+        d.mount_args.push("--peer".into());
+        d.mount_args.push(n.addr.clone());
+    }
+    if let Some(c) = cache {
+        d.mount_args.push("--cache".into());
+        d.mount_args.push(c.into());
+    }
+}
+
+#[test]
+fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
+    let first = Node::start("1G", &[]);
+    let mut nodes = vec![first];
+    for _ in 0..6 {
+        let a = nodes[0].addr.clone();
+        nodes.push(Node::start("1G", &[&a]));
+    }
+    let mut d = Drive::init_with("netvault", &["--k", "3", "--n", "6"]);
+    peer_args(&mut d, &nodes, None);
+    d.mount();
+    let src = d.tmp.path().join("src");
+    sample_tree(&src);
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(src.join("."))
+        .arg(&d.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "sync failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let st = d.status();
+    assert_eq!(st["role"], "vault");
+    assert_eq!(st["pending_upload_bytes"], 0);
+    assert_eq!(st["healthy"], st["objects"], "{st}");
+    assert_eq!(st["degraded"], 0);
+    assert_eq!(st["lost"], 0);
+    assert!(st["peers"].as_u64().unwrap() >= 7, "{st}");
+    // Contribution nodes report what they hold for others.
+    let stored: u64 = nodes
+        .iter()
+        .map(|n| {
+            let s = n.status();
+            assert_eq!(s["role"], "node");
+            assert_eq!(s["donated_bytes"], 1u64 << 30);
+            s["stored_for_others_bytes"].as_u64().unwrap()
+        })
+        .sum();
+    let objects_bytes = st["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored >= objects_bytes * 2,
+        "stored {stored} for {objects_bytes}"
+    );
+
+    // Lose n - k = 3 nodes, clear the local cache (remount with --cache 0)
+    // and read everything back from the remaining peers.
+    d.umount();
+    for n in nodes.iter_mut().take(3) {
+        n.kill();
+    }
+    peer_args(&mut d, &nodes[3..], Some("0"));
+    d.mount();
+    let st = d.status();
+    assert_eq!(st["disk_cache_bytes"], 0, "{st}");
+    assert_same_tree(&src, &d.mnt);
+    d.umount();
+}
+
+#[test]
+fn sync_without_enough_peers_fails_clearly_and_keeps_data() {
+    let mut d = Drive::init_with("lonely", &["--k", "2", "--n", "4"]);
+    d.mount();
+    std::fs::write(d.p("a.txt"), b"still here").unwrap();
+    let out = d.sync_network();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no storage peers"), "{err}");
+    assert_eq!(d.status()["pending_upload_objects"], 1);
+
+    // Two peers for four fragments: uploaded, but reported as short.
+    let a = Node::start("1G", &[]);
+    let b = Node::start("1G", &[&a.addr]);
+    d.umount();
+    let two = [a, b];
+    peer_args(&mut d, &two, None);
+    d.mount();
+    let out = d.sync_network();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("below full redundancy"), "{err}");
+    let st = d.status();
+    assert_eq!(st["pending_upload_objects"], 0, "{st}");
+    assert_eq!(st["crowded"], 1, "{st}");
+    assert_eq!(std::fs::read(d.p("a.txt")).unwrap(), b"still here");
+    d.umount();
+}
+
+#[test]
+fn node_stops_cleanly_and_keeps_fragments() {
+    let mut a = Node::start("64M", &[]);
+    let b = Node::start("64M", &[&a.addr]);
+    let c = Node::start("64M", &[&a.addr]);
+    let mut d = Drive::init_with("keep", &["--k", "1", "--n", "3"]);
+    peer_args(&mut d, &[], None);
+    d.mount_args.extend(["--peer".into(), a.addr.clone()]);
+    d.mount();
+    std::fs::write(d.p("f"), pattern(1 << 20, 3)).unwrap();
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = a.status()["fragments_held"].as_u64().unwrap();
+    assert!(held >= 1);
+    let status = a.terminate();
+    assert!(status.success(), "node exit on SIGTERM: {status:?}");
+    // Restart the node on the same data dir: the fragments are still there.
+    let log = a.dir.path().join("node.log");
+    let mut cmd = Command::new(crate::support::bin());
+    cmd.args(["node", "--donate", "64M", "--no-mdns", "--data-dir"])
+        .arg(a.dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut held_again = 0;
+    for _ in 0..100 {
+        let mut st = Command::new(crate::support::bin());
+        st.args(["status", "--json", "--data-dir"])
+            .arg(a.dir.path());
+        if let Ok(out) = st.output() {
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                held_again = v["fragments_held"].as_u64().unwrap();
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(held_again, held);
+    drop((b, c));
+    d.umount();
+}
