@@ -702,8 +702,17 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         println!("listening   {a}");
     }
     println!(
-        "peers       {} connected, {} storing fragments",
-        n.peers, n.storage_peers
+        "peers       {} connected, {} storing fragments{}",
+        n.peers,
+        n.storage_peers,
+        if n.bad_peers > 0 {
+            format!(
+                ", {} returned bad data or failed (see the log)",
+                n.bad_peers
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "donated     {} {} used by others ({} fragments)",

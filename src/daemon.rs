@@ -110,6 +110,8 @@ pub struct NodeStatus {
     pub stored_for_others_bytes: u64,
     pub fragments_held: u64,
     pub requests_served: u64,
+    /// Peers that returned bad data or failed requests (see the log).
+    pub bad_peers: u64,
 }
 
 /// The vault's network state: uploads and redundancy.
@@ -145,6 +147,7 @@ pub fn node_status(node: &NodeHandle) -> NodeStatus {
             .counters()
             .requests
             .load(std::sync::atomic::Ordering::Relaxed),
+        bad_peers: peers.values().filter(|p| p.strikes > 0).count() as u64,
     }
 }
 

@@ -171,3 +171,28 @@ fn umount_after_daemon_died_removes_stale_mount() {
         .unwrap()
         .contains(&mnt));
 }
+
+/// `drizzle demo` (the README's first command): 8 local nodes, a mount, a
+/// full sync, and a read with 3 nodes stopped; it cleans up after itself.
+#[test]
+fn demo_runs_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("demo");
+    let mut cmd = std::process::Command::new(crate::support::bin());
+    cmd.arg("demo").arg(&mnt).args(["--seconds", "1"]);
+    let out = crate::support::run_with_timeout(&mut cmd, std::time::Duration::from_secs(180));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 healthy"), "{stdout}");
+    assert!(
+        stdout.contains("remaining nodes through the mount: identical"),
+        "{stdout}"
+    );
+    assert!(!mnt.exists(), "the demo left its mount point behind");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()));
+}

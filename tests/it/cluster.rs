@@ -461,3 +461,47 @@ fn malformed_and_oversized_messages_are_rejected_without_a_crash() {
         "{errors} failed inbound requests counted: {answers:?}"
     );
 }
+
+#[test]
+fn nodes_talk_over_quic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let quic: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+    let nodes = rt.block_on(async {
+        let mut a = NodeConfig::new(tmp.path().join("a"), 1 << 30);
+        a.listen = vec![quic.clone()];
+        let a = NodeHandle::start(a).await.unwrap();
+        let mut b = NodeConfig::new(tmp.path().join("b"), 1 << 30);
+        b.listen = vec![quic.clone()];
+        b.peers = a.listen_addrs();
+        let b = NodeHandle::start(b).await.unwrap();
+        vec![a, b]
+    });
+    let _stop = Stopper(nodes.clone());
+    assert!(nodes[0].listen_addrs()[0].to_string().contains("quic-v1"));
+    wait_for("QUIC connection", Duration::from_secs(20), || {
+        nodes[1].storage_peers().len() == 1
+    });
+    let object = pattern(2 << 20, 5);
+    let frag = coder::encode(&object, 1, 0..1).unwrap().remove(0);
+    let target = nodes[0].peer_id();
+    let (put, get) = rt.block_on(async {
+        let put = nodes[1]
+            .request(
+                target,
+                Request::Put {
+                    id: frag.id,
+                    data: frag.bytes.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let get = nodes[1]
+            .request(target, Request::Get { id: frag.id })
+            .await
+            .unwrap();
+        (put, get)
+    });
+    assert_eq!(put, Response::Stored);
+    assert_eq!(get, Response::Fragment(frag.bytes));
+}
