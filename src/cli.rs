@@ -14,11 +14,16 @@ use crate::config::{validate_kn, validate_name, VaultConfig, FORMAT_VERSION};
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::daemon::{self, Request};
 use crate::net::{Multiaddr, NodeConfig};
+use crate::settings::Settings;
 use crate::vault::{Vault, VaultOptions};
 
 #[derive(Parser)]
 #[command(name = "drizzle", version, about = "A peer-to-peer encrypted cloud drive", long_about = None)]
 pub struct Cli {
+    /// Config file (TOML; see docs/drizzle.example.toml). Default: the first
+    /// of ~/.config/drizzle/config.toml and /etc/drizzle/config.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -47,6 +52,10 @@ pub struct NetArgs {
     /// Do not look for peers on the local network (mDNS).
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve Prometheus metrics on ADDR (default 127.0.0.1:9464 when given
+    /// without a value; off unless given).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics: Option<String>,
 }
 
 impl NetArgs {
@@ -61,6 +70,9 @@ impl NetArgs {
         }
         if self.no_mdns {
             a.push("--no-mdns".into());
+        }
+        if let Some(m) = &self.metrics {
+            a.push(format!("--metrics={m}"));
         }
         a
     }
@@ -83,6 +95,7 @@ impl NetArgs {
             .map(|s| parse("--peer", s))
             .collect::<anyhow::Result<_>>()?;
         cfg.mdns = !self.no_mdns;
+        cfg.metrics = self.metrics.clone();
         Ok(cfg)
     }
 }
@@ -113,19 +126,19 @@ pub enum Cmd {
         common: Common,
         /// Name of the vault; with the password it determines the keys.
         #[arg(long, value_name = "NAME")]
-        vault: String,
-        /// Fragments needed to rebuild an object.
-        #[arg(long, default_value_t = 10)]
-        k: u32,
-        /// Fragments made per object.
-        #[arg(long, default_value_t = 16)]
-        n: u32,
-        /// Argon2id memory (at least 64M).
-        #[arg(long, value_name = "SIZE", default_value = "256M")]
-        kdf_memory: String,
-        /// Argon2id passes (at least 3).
-        #[arg(long, value_name = "N", default_value_t = 3)]
-        kdf_passes: u32,
+        vault: Option<String>,
+        /// Fragments needed to rebuild an object [default: 10].
+        #[arg(long)]
+        k: Option<u32>,
+        /// Fragments made per object [default: 16].
+        #[arg(long)]
+        n: Option<u32>,
+        /// Argon2id memory, at least 64M [default: 256M].
+        #[arg(long, value_name = "SIZE")]
+        kdf_memory: Option<String>,
+        /// Argon2id passes, at least 3 [default: 3].
+        #[arg(long, value_name = "N")]
+        kdf_passes: Option<u32>,
         /// Accept a password the strength estimate calls very weak.
         #[arg(long)]
         allow_weak_password: bool,
@@ -161,11 +174,15 @@ pub enum Cmd {
         data_dir: Option<PathBuf>,
         /// Space to store for others: bytes with K/M/G/T, or N% of free disk.
         #[arg(long, value_name = "SIZE")]
-        donate: String,
+        donate: Option<String>,
         #[command(flatten)]
         net: NetArgs,
     },
-    /// Show the running vault's state.
+    /// Show the state of the vault or node running for the data dir: peers,
+    /// donated and used space, redundancy health, uploads.
+    #[command(
+        after_help = "Examples:\n  drizzle status\n  drizzle status --json --data-dir /var/lib/drizzle   # a contribution node, for scripts"
+    )]
     Status {
         #[command(flatten)]
         common: Common,
@@ -174,6 +191,9 @@ pub enum Cmd {
         json: bool,
     },
     /// Wait until every acknowledged write is on peers at full redundancy.
+    #[command(
+        after_help = "Examples:\n  drizzle sync            # progress bar on a terminal; non-zero exit if peers are missing or full\n  drizzle sync --local    # only seal and store on this machine"
+    )]
     Sync {
         #[command(flatten)]
         common: Common,
@@ -182,12 +202,15 @@ pub enum Cmd {
         local: bool,
     },
     /// Flush and unmount a mounted vault.
+    #[command(after_help = "Example:\n  drizzle umount ~/Drive      # plain umount(8) works too")]
     Umount {
         #[command(flatten)]
         common: Common,
         mountpoint: PathBuf,
     },
-    /// A throwaway vault mounted at DIR with sample files, for a first try.
+    /// A first try: 8 local nodes and a throwaway vault mounted at DIR,
+    /// synced, then read back with 3 nodes stopped.
+    #[command(after_help = "Example:\n  drizzle demo /tmp/drive --seconds 60")]
     Demo {
         /// Where to mount (default ./drizzle-demo).
         dir: Option<PathBuf>,
@@ -195,6 +218,11 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS")]
         seconds: Option<u64>,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  drizzle completions bash > /etc/bash_completion.d/drizzle\n  drizzle completions zsh > \"${fpath[1]}/_drizzle\""
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -321,7 +349,76 @@ fn unlock(data_dir: &Path, password: &str) -> anyhow::Result<(VaultConfig, Vault
     Ok((cfg, keys))
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Fills what the command line left open from the config file.
+pub fn apply_settings(cmd: &mut Cmd, s: &Settings) {
+    fn common(c: &mut Common, s: &Settings) {
+        c.data_dir = c.data_dir.take().or_else(|| s.data_dir.clone());
+        c.password_file = c.password_file.take().or_else(|| s.password_file.clone());
+    }
+    fn net(n: &mut NetArgs, s: &Settings) {
+        if n.listen.is_empty() {
+            n.listen = s.network.listen.clone();
+        }
+        if n.peer.is_empty() {
+            n.peer = s.network.peers.clone();
+        }
+        if s.network.mdns == Some(false) {
+            n.no_mdns = true;
+        }
+        if n.metrics.is_none() {
+            n.metrics = s.network.metrics.clone();
+        }
+    }
+    match cmd {
+        Cmd::Init {
+            common: c,
+            vault,
+            k,
+            n,
+            kdf_memory,
+            kdf_passes,
+            ..
+        } => {
+            common(c, s);
+            let i = &s.init;
+            *vault = vault.take().or_else(|| i.vault.clone());
+            *k = k.or(i.k);
+            *n = n.or(i.n);
+            *kdf_memory = kdf_memory.take().or_else(|| i.kdf_memory.clone());
+            *kdf_passes = kdf_passes.or(i.kdf_passes);
+        }
+        Cmd::Mount {
+            common: c,
+            vault,
+            foreground,
+            opts,
+            ..
+        } => {
+            common(c, s);
+            *vault = vault.take().or_else(|| s.mount.vault.clone());
+            *foreground |= s.mount.foreground == Some(true);
+            opts.donate = opts.donate.take().or_else(|| s.mount.donate.clone());
+            opts.cache = opts.cache.take().or_else(|| s.mount.cache.clone());
+            net(&mut opts.net, s);
+        }
+        Cmd::Node {
+            data_dir,
+            donate,
+            net: n,
+        } => {
+            *data_dir = data_dir.take().or_else(|| s.data_dir.clone());
+            *donate = donate.take().or_else(|| s.node.donate.clone());
+            net(n, s);
+        }
+        Cmd::Status { common: c, .. }
+        | Cmd::Sync { common: c, .. }
+        | Cmd::Umount { common: c, .. } => common(c, s),
+        Cmd::Demo { .. } | Cmd::Completions { .. } => {}
+    }
+}
+
+pub fn run(mut cli: Cli, settings: &Settings) -> anyhow::Result<()> {
+    apply_settings(&mut cli.command, settings);
     match cli.command {
         Cmd::Init {
             common,
@@ -333,11 +430,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             allow_weak_password,
         } => init(
             &common,
-            &vault,
-            k,
-            n,
-            &kdf_memory,
-            kdf_passes,
+            &vault.ok_or_else(|| anyhow!("--vault NAME is required"))?,
+            k.unwrap_or(10),
+            n.unwrap_or(16),
+            kdf_memory.as_deref().unwrap_or("256M"),
+            kdf_passes.unwrap_or(3),
             allow_weak_password,
         ),
         Cmd::Mount {
@@ -359,7 +456,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             donate,
             net,
-        } => node(data_dir.unwrap_or_else(default_data_dir), &donate, &net),
+        } => node(
+            data_dir.unwrap_or_else(default_data_dir),
+            &donate.ok_or_else(|| {
+                anyhow!("--donate SIZE is required (or node.donate in the config file)")
+            })?,
+            &net,
+        ),
         Cmd::Status { common, json } => status(&common, json),
         Cmd::Sync { common, local } => sync(&common, local),
         Cmd::Umount {
@@ -367,6 +470,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
         } => umount(&mountpoint),
         Cmd::Demo { dir, seconds } => crate::demo::run(dir, seconds),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "drizzle",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

@@ -357,9 +357,16 @@ async fn serve(
     let setup = async {
         let mountpoint = prepare_mountpoint(mountpoint)?;
         let listener = bind_control(data_dir)?;
+        let metrics = net.node.metrics.clone();
         let node = NodeHandle::start(net.node)
             .await
             .context("starting the network node")?;
+        if let Some(addr) = &metrics {
+            if let Err(e) = crate::metrics::serve(addr, node.clone()).await {
+                node.stop();
+                return Err(e);
+            }
+        }
         let fs = DrizzleFs::new(vault.clone(), tokio::runtime::Handle::current(), data_dir);
         let mut config = fuser::Config::default();
         config.mount_options = vec![
@@ -476,7 +483,11 @@ pub fn run_node(
     let rt = runtime()?;
     let r = rt.block_on(async {
         let listener = bind_control(data_dir)?;
+        let metrics = cfg.metrics.clone();
         let node = NodeHandle::start(cfg).await?;
+        if let Some(addr) = &metrics {
+            crate::metrics::serve(addr, node.clone()).await?;
+        }
         ready(&node);
         let (stop_tx, mut stop_rx) = mpsc::channel::<Stop>(4);
         let ctx = Ctx {

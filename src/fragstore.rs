@@ -13,6 +13,7 @@ use crate::net::proto::Capacity;
 use crate::store::{Batch, Cf, Store, StoreError};
 
 const USED_KEY: &[u8] = b"used";
+const COUNT_KEY: &[u8] = b"count";
 
 /// Outcome of a PUT.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,30 +27,47 @@ pub enum PutOutcome {
 pub struct FragmentStore {
     store: Store,
     donated: u64,
-    /// Bytes stored; guarded so the check and the update are one step.
-    used: Mutex<u64>,
+    /// Bytes and fragments stored; guarded so the check and the update are
+    /// one step.
+    used: Mutex<Usage>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    bytes: u64,
+    fragments: u64,
 }
 
 impl FragmentStore {
     pub fn open(dir: &Path, donated: u64) -> Result<Self, StoreError> {
         let store = Store::open_fragments(dir)?;
-        let used = match store.get(Cf::Meta, USED_KEY)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().expect("8 bytes")),
-            _ => 0,
+        let read = |key: &[u8]| -> Result<u64, StoreError> {
+            Ok(match store.get(Cf::Meta, key)? {
+                Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().expect("8 bytes")),
+                _ => 0,
+            })
         };
+        let mut usage = Usage {
+            bytes: read(USED_KEY)?,
+            fragments: read(COUNT_KEY)?,
+        };
+        if usage.bytes > 0 && usage.fragments == 0 {
+            // Written before the count was kept.
+            usage.fragments = store.scan(Cf::Fragments, &[], usize::MAX)?.len() as u64;
+        }
         Ok(FragmentStore {
             store,
             donated,
-            used: Mutex::new(used),
+            used: Mutex::new(usage),
         })
     }
 
-    fn used_guard(&self) -> std::sync::MutexGuard<'_, u64> {
+    fn used_guard(&self) -> std::sync::MutexGuard<'_, Usage> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn capacity(&self) -> Capacity {
-        let used = *self.used_guard();
+        let used = self.used_guard().bytes;
         Capacity {
             donated: self.donated,
             used,
@@ -72,16 +90,28 @@ impl FragmentStore {
             if self.store.get(Cf::Fragments, &id.0)?.is_some() {
                 return Ok(PutOutcome::Stored);
             }
-            let after = *used + data.len() as u64;
-            if after > self.donated {
+            let after = Usage {
+                bytes: used.bytes + data.len() as u64,
+                fragments: used.fragments + 1,
+            };
+            if after.bytes > self.donated {
                 return Ok(PutOutcome::Refused(format!(
                     "donation full: storing {} of {} bytes donated",
-                    *used, self.donated
+                    used.bytes, self.donated
                 )));
             }
             let mut b = Batch::default();
             b.put(Cf::Fragments, id.0.to_vec(), data.to_vec());
-            b.put(Cf::Meta, USED_KEY.to_vec(), after.to_be_bytes().to_vec());
+            b.put(
+                Cf::Meta,
+                USED_KEY.to_vec(),
+                after.bytes.to_be_bytes().to_vec(),
+            );
+            b.put(
+                Cf::Meta,
+                COUNT_KEY.to_vec(),
+                after.fragments.to_be_bytes().to_vec(),
+            );
             self.store.write(b)?;
             *used = after;
         }
@@ -99,9 +129,9 @@ impl FragmentStore {
             .collect()
     }
 
-    /// Number of fragments held (a scan; for status).
-    pub fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.store.scan(Cf::Fragments, &[], usize::MAX)?.len() as u64)
+    /// Number of fragments held.
+    pub fn count(&self) -> u64 {
+        self.used_guard().fragments
     }
 }
 
@@ -153,6 +183,6 @@ mod tests {
         drop(fs);
         let fs = FragmentStore::open(dir.path(), len * 2 + 10).unwrap();
         assert_eq!(fs.capacity().used, 2 * len);
-        assert_eq!(fs.count().unwrap(), 2);
+        assert_eq!(fs.count(), 2);
     }
 }

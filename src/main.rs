@@ -1,20 +1,22 @@
-//! The `drizzle` binary: logging setup and the CLI. No logic here.
+//! The `drizzle` binary: config file, logging setup and the CLI. No logic here.
 
 use clap::Parser;
 
 fn main() {
     let cli = drizzle::cli::Cli::parse();
+    let settings = match drizzle::settings::Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drizzle: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let default = match cli.command {
-        drizzle::cli::Cmd::Mount { .. } => "info",
+        drizzle::cli::Cmd::Mount { .. } | drizzle::cli::Cmd::Node { .. } => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = drizzle::cli::run(cli) {
+    drizzle::logging::init(settings.log.filter.as_deref(), default);
+    if let Err(e) = drizzle::cli::run(cli, &settings) {
         eprintln!("drizzle: {e:#}");
         std::process::exit(1);
     }

@@ -70,6 +70,8 @@ pub struct NodeConfig {
     /// Bytes this node stores for others at most.
     pub donate: u64,
     pub mdns: bool,
+    /// Address for the Prometheus endpoint (served by the daemon, not here).
+    pub metrics: Option<String>,
     #[doc(hidden)]
     pub fault: Option<Fault>,
 }
@@ -82,6 +84,7 @@ impl NodeConfig {
             peers: Vec::new(),
             donate,
             mdns: false,
+            metrics: None,
             fault: None,
         }
     }
@@ -409,7 +412,7 @@ impl NodeHandle {
     }
 
     pub fn fragment_count(&self) -> u64 {
-        self.shared.frags.count().unwrap_or(0)
+        self.shared.frags.count()
     }
 
     pub fn counters(&self) -> &NodeCounters {

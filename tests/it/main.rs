@@ -7,4 +7,5 @@ mod cluster;
 mod data;
 mod network;
 mod posix;
+mod service;
 mod support;

@@ -45,6 +45,8 @@ pub struct Drive {
     pub password: String,
     /// Extra `mount` arguments (network options).
     pub mount_args: Vec<String>,
+    /// `RUST_LOG` for the commands this drive runs.
+    pub log_filter: Option<String>,
     pid: Option<i32>,
 }
 
@@ -83,6 +85,7 @@ impl Drive {
             mnt,
             password: PASSWORD.to_string(),
             mount_args: local_net_args(),
+            log_filter: None,
             pid: None,
         };
         let mut args = vec!["init", "--vault", name, "--kdf-memory", "64M"];
@@ -107,6 +110,9 @@ impl Drive {
             .arg("--data-dir")
             .arg(&self.data)
             .env("DRIZZLE_PASSWORD", password);
+        if let Some(f) = &self.log_filter {
+            cmd.env("RUST_LOG", f);
+        }
         run_with_timeout(&mut cmd, Duration::from_secs(300))
     }
 

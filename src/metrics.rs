@@ -1,0 +1,138 @@
+//! A Prometheus text-format endpoint for node operators (`--metrics ADDR`,
+//! off by default; `--metrics` alone listens on 127.0.0.1:9464). Any GET
+//! returns the current values; there is nothing else to ask.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::net::NodeHandle;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+/// Renders the node's metrics in the Prometheus text format.
+pub fn render(node: &NodeHandle) -> String {
+    let c = node.counters();
+    let cap = node.capacity();
+    let peers = node.peers();
+    let connected = peers.values().filter(|p| p.connected()).count();
+    let storage = peers
+        .values()
+        .filter(|p| p.connected() && p.storage)
+        .count();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP drizzle_{name} {help}");
+        let _ = writeln!(out, "# TYPE drizzle_{name} {kind}");
+        let _ = writeln!(out, "drizzle_{name} {value}");
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric(
+        "donated_bytes",
+        "gauge",
+        "Bytes this node offers to store for others.",
+        cap.donated,
+    );
+    metric(
+        "stored_bytes",
+        "gauge",
+        "Bytes of fragments stored for others.",
+        cap.used,
+    );
+    metric(
+        "fragments",
+        "gauge",
+        "Fragments stored for others.",
+        node.fragment_count(),
+    );
+    metric("peers", "gauge", "Connected peers.", connected as u64);
+    metric(
+        "storage_peers",
+        "gauge",
+        "Connected peers that store fragments.",
+        storage as u64,
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "Fragment protocol requests served.",
+        load(&c.requests),
+    );
+    metric(
+        "fragments_stored_total",
+        "counter",
+        "Fragments accepted (PUT).",
+        load(&c.fragments_stored),
+    );
+    metric(
+        "fragments_served_total",
+        "counter",
+        "Fragments sent (GET).",
+        load(&c.fragments_served),
+    );
+    metric(
+        "refused_total",
+        "counter",
+        "PUTs refused (full, bad id, malformed).",
+        load(&c.refused),
+    );
+    metric(
+        "errors_total",
+        "counter",
+        "Requests that failed on this node.",
+        load(&c.errors),
+    );
+    metric(
+        "malformed_requests_total",
+        "counter",
+        "Requests dropped as malformed or oversized.",
+        load(&c.malformed),
+    );
+    metric(
+        "received_bytes_total",
+        "counter",
+        "Fragment bytes received.",
+        load(&c.bytes_in),
+    );
+    metric(
+        "sent_bytes_total",
+        "counter",
+        "Fragment bytes sent.",
+        load(&c.bytes_out),
+    );
+    out
+}
+
+/// Serves `render(node)` over HTTP on `addr` until the runtime stops.
+pub async fn serve(addr: &str, node: NodeHandle) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let node = node.clone();
+            tokio::spawn(async move {
+                // Read (and ignore) the request head; answer every GET alike.
+                let mut buf = [0u8; 2048];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                        .await;
+                let body = render(&node);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}
