@@ -866,10 +866,24 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
                 h.crowded, sy.n
             );
         }
+        let a = &sy.activity;
+        let moving = if a.upload_rate > 0.0 {
+            format!(
+                ", {} in flight at {}/s, ETA {:.0} s",
+                a.uploads_in_flight,
+                human_bytes(a.upload_rate as u64),
+                sy.pending_upload_bytes as f64 / a.upload_rate
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "uploads     {} in {} objects waiting; {} synced data cached on disk",
+            "uploads     {} in {} objects waiting{moving}",
             human_bytes(sy.pending_upload_bytes),
             sy.pending_upload_objects,
+        );
+        println!(
+            "disk cache  {} of synced data kept locally",
             human_bytes(sy.disk_cache_bytes)
         );
         if let Some(e) = &sy.last_upload_error {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::mount::DrizzleFs;
 use crate::net::{NodeConfig, NodeHandle};
-use crate::remote::{Health, Remote, SyncProgress};
+use crate::remote::{Health, Remote, SyncProgress, UploadActivity};
 use crate::vault::{UploadBacklog, Vault, VaultStats};
 
 pub const SOCKET_FILE: &str = "daemon.sock";
@@ -123,6 +123,8 @@ pub struct SyncStatus {
     pub pending_upload_objects: u64,
     #[serde(flatten)]
     pub health: Health,
+    #[serde(flatten)]
+    pub activity: UploadActivity,
     /// Bytes of synced objects kept on local disk (`--cache`).
     pub disk_cache_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -566,6 +568,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
             pending_upload_bytes: bytes,
             pending_upload_objects: objects,
             health: health.map_err(|e| anyhow!(e))?,
+            activity: m.remote.activity(),
             disk_cache_bytes: m.vault.disk_cache_bytes(),
             last_upload_error: m.remote.last_error(),
         });

@@ -70,6 +70,16 @@ struct UploadState {
     last_error: Option<String>,
     uploaded_bytes: u64,
     in_flight: HashSet<ObjectId>,
+    /// (when, uploaded_bytes) over the last seconds, for the rate.
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// Uploads as `status` shows them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct UploadActivity {
+    pub uploads_in_flight: u64,
+    /// Bytes per second over the last ten seconds.
+    pub upload_rate: f64,
 }
 
 /// The network side of a mounted vault.
@@ -119,6 +129,23 @@ impl Remote {
 
     pub fn node(&self) -> &NodeHandle {
         &self.node
+    }
+
+    /// What the uploader is doing now.
+    pub fn activity(&self) -> UploadActivity {
+        let st = self.state();
+        let rate = match (st.samples.front(), st.samples.back()) {
+            (Some((t0, b0)), Some((_, b1))) if t0.elapsed() <= Duration::from_secs(10) => {
+                // Bytes since the oldest sample, over the time since it.
+                let span = t0.elapsed().as_secs_f64().max(1.0);
+                (b1 - b0) as f64 / span
+            }
+            _ => 0.0,
+        };
+        UploadActivity {
+            uploads_in_flight: st.in_flight.len() as u64,
+            upload_rate: rate,
+        }
     }
 
     /// The last upload failure, if uploads are failing.
@@ -265,7 +292,17 @@ impl Remote {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        self.state().uploaded_bytes += len;
+        let mut st = self.state();
+        st.uploaded_bytes += len;
+        let sample = (Instant::now(), st.uploaded_bytes);
+        st.samples.push_back(sample);
+        while st
+            .samples
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10))
+        {
+            st.samples.pop_front();
+        }
         Ok(())
     }
 

@@ -125,6 +125,15 @@ fn sync_without_enough_peers_fails_clearly_and_keeps_data() {
     let st = d.status();
     assert_eq!(st["pending_upload_objects"], 0, "{st}");
     assert_eq!(st["crowded"], 1, "{st}");
+    let human = String::from_utf8_lossy(&d.drizzle(&["status"]).stdout).into_owned();
+    for want in [
+        "2 storing fragments",
+        "0 of 1 objects healthy",
+        "1 degraded",
+        "share peers",
+    ] {
+        assert!(human.contains(want), "status lacks {want:?}:\n{human}");
+    }
     assert_eq!(std::fs::read(d.p("a.txt")).unwrap(), b"still here");
     d.umount();
 }
