@@ -88,12 +88,27 @@ fn mount_helper_mounts_with_mount_t_and_umount_stops_the_daemon() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    d.mount();
+    // The fstab line from the README, through `mount -T FSTAB DIR`.
+    let fstab = d.tmp.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "helper {} fuse.drizzle noauto,_netdev,{opts} 0 0\n",
+            d.mnt.display()
+        ),
+    )
+    .unwrap();
+    sh(Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&d.mnt)
+        .env("DRIZZLE_BIN", prefix.join("bin/drizzle"))
+        .env_remove("DRIZZLE_PASSWORD"));
     assert_eq!(
         std::fs::read(d.p("via-helper.txt")).unwrap(),
         b"mounted by mount(8)"
     );
-    d.umount();
+    d.umount_unrecorded();
     drop(installed);
     assert!(!Path::new("/sbin/mount.fuse.drizzle").exists());
     assert!(!prefix.join("bin/drizzle").exists());
