@@ -23,9 +23,26 @@ pub enum PutOutcome {
     Refused(String),
 }
 
+/// Free disk this node never gives away: 2% of the filesystem, at least
+/// 256 MiB and at most 4 GiB, so storing for others can never fill the disk.
+pub fn safety_margin(fs_bytes: u64) -> u64 {
+    (fs_bytes / 50).clamp(256 << 20, 4 << 30)
+}
+
+/// Free bytes and total size of the filesystem holding `dir`.
+fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((
+        st.blocks_available() as u64 * frag,
+        st.blocks() as u64 * frag,
+    ))
+}
+
 /// Fragments this node stores for others.
 pub struct FragmentStore {
     store: Store,
+    dir: std::path::PathBuf,
     donated: u64,
     /// Bytes and fragments stored; guarded so the check and the update are
     /// one step.
@@ -57,6 +74,7 @@ impl FragmentStore {
         }
         Ok(FragmentStore {
             store,
+            dir: dir.to_path_buf(),
             donated,
             used: Mutex::new(usage),
         })
@@ -68,10 +86,12 @@ impl FragmentStore {
 
     pub fn capacity(&self) -> Capacity {
         let used = self.used_guard().bytes;
+        let disk = disk_space(&self.dir)
+            .map_or(0, |(free, size)| free.saturating_sub(safety_margin(size)));
         Capacity {
             donated: self.donated,
             used,
-            available: self.donated.saturating_sub(used),
+            available: self.donated.saturating_sub(used).min(disk),
         }
     }
 
@@ -99,6 +119,15 @@ impl FragmentStore {
                     "donation full: storing {} of {} bytes donated",
                     used.bytes, self.donated
                 )));
+            }
+            // Checked before every PUT: the disk itself may fill from elsewhere.
+            if let Some((free, size)) = disk_space(&self.dir) {
+                let margin = safety_margin(size);
+                if free < margin + data.len() as u64 {
+                    return Ok(PutOutcome::Refused(format!(
+                        "disk nearly full: {free} bytes free, keeping a {margin}-byte safety margin"
+                    )));
+                }
             }
             let mut b = Batch::default();
             b.put(Cf::Fragments, id.0.to_vec(), data.to_vec());
@@ -139,6 +168,49 @@ impl FragmentStore {
 mod tests {
     use super::*;
     use crate::coder::encode;
+
+    /// A small tmpfs, unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn the_safety_margin_keeps_the_disk_from_filling() {
+        let t = Tmpfs(tempfile::tempdir().unwrap());
+        nix::mount::mount(
+            Some("tmpfs"),
+            t.0.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=300m"),
+        )
+        .expect("mounting a tmpfs (tests run as root)");
+        // Donates far more than the disk has: the margin must stop it.
+        let fs = FragmentStore::open(t.0.path(), 10 << 30).unwrap();
+        assert!(fs.capacity().available < 50 << 20);
+        let mut refused = None;
+        for i in 0..200u64 {
+            let f = encode(&i.to_le_bytes().repeat(500_000), 1, 0..1)
+                .unwrap()
+                .remove(0);
+            match fs.put(&f.id, &f.bytes).unwrap() {
+                PutOutcome::Stored => {}
+                PutOutcome::Refused(r) => {
+                    refused = Some(r);
+                    break;
+                }
+            }
+        }
+        let r = refused.expect("the store filled the disk");
+        assert!(r.contains("disk nearly full"), "{r}");
+        let (free, _) = disk_space(t.0.path()).unwrap();
+        assert!(free >= 200 << 20, "only {free} bytes left free");
+        drop(fs);
+    }
 
     #[test]
     fn put_checks_id_header_and_donation() {
