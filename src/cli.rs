@@ -113,6 +113,10 @@ pub struct MountNetArgs {
     /// 0 keeps nothing once synced, so reads come from the network).
     #[arg(long, value_name = "SIZE")]
     pub cache: Option<String>,
+    /// What the vault may store before it donates anything (default 1G).
+    /// It may store this plus its donation times k/n.
+    #[arg(long, value_name = "SIZE")]
+    pub starter_allowance: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -399,6 +403,10 @@ pub fn apply_settings(cmd: &mut Cmd, s: &Settings) {
             *foreground |= s.mount.foreground == Some(true);
             opts.donate = opts.donate.take().or_else(|| s.mount.donate.clone());
             opts.cache = opts.cache.take().or_else(|| s.mount.cache.clone());
+            opts.starter_allowance = opts
+                .starter_allowance
+                .take()
+                .or_else(|| s.mount.starter_allowance.clone());
             net(&mut opts.net, s);
         }
         Cmd::Node {
@@ -589,10 +597,18 @@ fn mount(
         .transpose()
         .context("--cache")?
         .unwrap_or(u64::MAX);
+    let starter = opts
+        .starter_allowance
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .context("--starter-allowance")?
+        .unwrap_or(1 << 30);
     let node_cfg = opts.net.node_config(data_dir.join("node"), donate)?;
     let setup = MountSetup {
         node: node_cfg,
         cache,
+        starter,
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -639,6 +655,7 @@ fn mount(
     if let Some(c) = &opts.cache {
         child_args.extend(["--cache".into(), c.clone()]);
     }
+    child_args.extend(["--starter-allowance".into(), starter.to_string()]);
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -649,6 +666,8 @@ pub struct MountSetup {
     pub node: NodeConfig,
     /// Disk cache limit for synced objects.
     pub cache: u64,
+    /// Free allowance before donating.
+    pub starter: u64,
 }
 
 fn mount_foreground(
@@ -659,8 +678,11 @@ fn mount_foreground(
     ready: impl FnOnce(Result<(), String>),
 ) -> anyhow::Result<()> {
     let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
+        // The barter rule: storing N at overhead n/k takes N * n/k donated.
+        let earned = (setup.node.donate as u128 * cfg.k as u128 / cfg.n.max(1) as u128) as u64;
         let opts = VaultOptions {
             disk_cache: setup.cache,
+            allowance: setup.starter.saturating_add(earned),
             ..VaultOptions::default()
         };
         let vault = Vault::open(data_dir, &cfg.vault, keys, opts)?;
@@ -840,6 +862,12 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
             human_bytes(st.logical_bytes),
             human_bytes(st.stored_bytes),
             st.objects
+        );
+        println!(
+            "space       {} {} of {} allowed (donate more to store more)",
+            bar(st.used_bytes, st.allowed_bytes),
+            human_bytes(st.used_bytes),
+            human_bytes(st.allowed_bytes)
         );
         println!(
             "cache       {} in memory, {} pending seal",

@@ -488,16 +488,23 @@ impl Filesystem for DrizzleFs {
         let data_dir = self.data_dir.clone();
         self.meta(move |v| match nix::sys::statvfs::statvfs(&data_dir) {
             Ok(s) => {
+                // `df` shows the vault's allowance, capped by the local disk
+                // (which holds what is not yet on peers).
                 let files = v.inode_count();
+                let frag = s.fragment_size().max(1) as u64;
+                let (used, allowed) = v.space();
+                let disk_free = s.blocks_available() as u64 * frag;
+                let total = allowed.min(s.blocks() as u64 * frag);
+                let free = allowed.saturating_sub(used).min(disk_free);
                 reply.statfs(
-                    s.blocks(),
-                    s.blocks_free(),
-                    s.blocks_available(),
+                    total / frag,
+                    free / frag,
+                    free / frag,
                     files + s.files_available(),
                     s.files_available(),
-                    s.block_size() as u32,
+                    frag as u32,
                     255,
-                    s.fragment_size() as u32,
+                    frag as u32,
                 )
             }
             Err(e) => reply.error(Errno::from_i32(e as i32)),

@@ -61,6 +61,7 @@ pub struct MountSettings {
     pub vault: Option<String>,
     pub donate: Option<String>,
     pub cache: Option<String>,
+    pub starter_allowance: Option<String>,
     pub foreground: Option<bool>,
 }
 
@@ -133,6 +134,7 @@ impl Settings {
         use crate::cli::parse_size;
         for (key, v) in [
             ("mount.cache", &self.mount.cache),
+            ("mount.starter_allowance", &self.mount.starter_allowance),
             ("init.kdf_memory", &self.init.kdf_memory),
         ] {
             if let Some(v) = v {

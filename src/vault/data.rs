@@ -237,6 +237,16 @@ impl Vault {
         if let Some((errno, msg)) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
             return Err(VaultError::Deferred { errno, msg });
         }
+        let used = inner.counters.stored_bytes + inner.dirty_bytes as u64;
+        if used.saturating_add(data.len() as u64) > self.opts.allowance {
+            let msg = format!(
+                "the vault's allowance of {} bytes is used up ({used} stored or pending); \
+                 donate more space (--donate) to store more",
+                self.opts.allowance
+            );
+            tracing::warn!("write refused: {msg}");
+            return Err(VaultError::NoSpace(msg));
+        }
         for p in chunk::pieces(offset, data.len()) {
             let full = p.within == 0 && p.len == CHUNK_SIZE;
             let src = &data[p.buf_offset..p.buf_offset + p.len];

@@ -116,6 +116,9 @@ pub struct VaultOptions {
     pub idle_flush: std::time::Duration,
     /// Bytes of objects already safe on peers kept on local disk.
     pub disk_cache: u64,
+    /// Stored (sealed) bytes the vault may hold: what its node donates
+    /// times k/n, plus the starter allowance (DESIGN.md section 6).
+    pub allowance: u64,
 }
 
 impl Default for VaultOptions {
@@ -128,6 +131,7 @@ impl Default for VaultOptions {
                 .clamp(2, 8),
             idle_flush: std::time::Duration::from_secs(1),
             disk_cache: u64::MAX,
+            allowance: u64::MAX,
         }
     }
 }
@@ -163,6 +167,10 @@ pub struct DirEntry {
 /// What `drizzle status` shows about the vault.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct VaultStats {
+    /// Stored bytes plus what waits to be sealed.
+    pub used_bytes: u64,
+    /// What the vault may store (`df` on the mount shows it).
+    pub allowed_bytes: u64,
     pub files: u64,
     pub dirs: u64,
     pub logical_bytes: u64,
@@ -971,6 +979,8 @@ impl Vault {
             stored_bytes: inner.counters.stored_bytes,
             objects: inner.counters.objects,
             pending_bytes: inner.dirty_bytes as u64,
+            used_bytes: inner.counters.stored_bytes + inner.dirty_bytes as u64,
+            allowed_bytes: self.opts.allowance,
             ..Default::default()
         };
         for (k, v) in rows {
@@ -992,6 +1002,15 @@ impl Vault {
         drop(inner);
         s.cache_bytes = self.loader().cache.bytes() as u64;
         Ok(s)
+    }
+
+    /// (used, allowed) stored bytes, for statfs.
+    pub fn space(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (
+            inner.counters.stored_bytes + inner.dirty_bytes as u64,
+            self.opts.allowance,
+        )
     }
 
     /// Inodes allocated so far (for statfs).

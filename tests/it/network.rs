@@ -189,3 +189,33 @@ fn node_stops_cleanly_and_keeps_fragments() {
     drop((b, c));
     d.umount();
 }
+
+/// Barter: a vault may store its starter allowance plus donation * k/n;
+/// `df` shows that, and writing beyond it fails with ENOSPC and a log line.
+#[test]
+fn writes_beyond_the_allowance_fail_with_enospc_and_df_shows_it() {
+    let mut d = Drive::init_with("quota", &["--k", "2", "--n", "4"]);
+    d.mount_args = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]
+        .map(String::from)
+        .to_vec();
+    d.mount_args
+        .extend(["--donate", "16M", "--starter-allowance", "4M"].map(String::from));
+    d.mount();
+    // 4M + 16M * 2/4 = 12 MiB.
+    let allowed = 12u64 << 20;
+    let st = nix::sys::statvfs::statvfs(&d.mnt).unwrap();
+    let total = st.blocks() as u64 * st.fragment_size() as u64;
+    assert_eq!(total, allowed, "df shows {total}");
+    assert_eq!(d.status()["allowed_bytes"], allowed);
+    std::fs::write(d.p("fits"), pattern(6 << 20, 1)).unwrap();
+    let err = std::fs::write(d.p("too-big"), pattern(10 << 20, 2)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(d.log().contains("allowance"), "no log line says why");
+    // What fit is intact; deleting frees the allowance again.
+    assert_eq!(std::fs::read(d.p("fits")).unwrap(), pattern(6 << 20, 1));
+    std::fs::remove_file(d.p("too-big")).unwrap();
+    std::fs::remove_file(d.p("fits")).unwrap();
+    d.sync();
+    std::fs::write(d.p("again"), pattern(8 << 20, 3)).unwrap();
+    d.umount();
+}
