@@ -491,10 +491,10 @@ impl Filesystem for DrizzleFs {
                 // `df` shows the vault's allowance, capped by the local disk
                 // (which holds what is not yet on peers).
                 let files = v.inode_count();
-                let frag = s.fragment_size().max(1) as u64;
+                let frag = s.fragment_size().max(1);
                 let (used, allowed) = v.space();
-                let disk_free = s.blocks_available() as u64 * frag;
-                let total = allowed.min(s.blocks() as u64 * frag);
+                let disk_free = s.blocks_available() * frag;
+                let total = allowed.min(s.blocks() * frag);
                 let free = allowed.saturating_sub(used).min(disk_free);
                 reply.statfs(
                     total / frag,
