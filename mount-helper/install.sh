@@ -41,7 +41,7 @@ if [ -z "$bin" ] || [ -z "$helper" ]; then
   if [ -z "$bin" ]; then
     "$root/scripts/setup"
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/drizzle-target}"
-    (cd "$root" && cargo build --release --bin drizzle --bin drizzle-mount-helper)
+    (cd "$root" && cargo build --release --workspace --bins)
     bin="$CARGO_TARGET_DIR/release/drizzle"
     helper="${helper:-$CARGO_TARGET_DIR/release/drizzle-mount-helper}"
   else

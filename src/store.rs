@@ -52,7 +52,8 @@ pub enum Cf {
     Placements,
     /// object id -> size: local copies of objects safely on peers, evictable.
     Cached,
-    /// fragment id -> fragment bytes (a node's store for others).
+    /// fragment id -> length: the fragments a node stores for others (the
+    /// bytes are objects: inline in `Blobs` or files).
     Fragments,
 }
 
@@ -70,7 +71,7 @@ const VAULT_CFS: [Cf; 11] = [
     Cf::Cached,
 ];
 
-const NODE_CFS: [Cf; 2] = [Cf::Fragments, Cf::Meta];
+const NODE_CFS: [Cf; 3] = [Cf::Fragments, Cf::Blobs, Cf::Meta];
 
 impl Cf {
     /// Stable name, also bound into each sealed record's associated data.
@@ -174,7 +175,7 @@ impl Store {
         opts.set_max_total_wal_size(256 << 20);
         let cfs = families.iter().map(|cf| {
             let mut o = rocksdb::Options::default();
-            if matches!(cf, Cf::Blobs | Cf::Fragments) {
+            if *cf == Cf::Blobs {
                 // Values up to INLINE_MAX: keep them out of the LSM tree.
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(4096);
