@@ -308,6 +308,7 @@ impl Remote {
 
     /// Stores one fragment, on `first` or, if it fails, on other peers.
     async fn put_fragment(&self, frag: Fragment, first: PeerId) -> Result<FragmentLoc, String> {
+        let data = bytes::Bytes::from(frag.bytes);
         let mut tried = vec![];
         let mut peer = first;
         let mut last = String::new();
@@ -315,11 +316,11 @@ impl Remote {
             tried.push(peer);
             let req = Request::Put {
                 id: frag.id,
-                data: frag.bytes.clone(),
+                data: data.clone(),
             };
             match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
                 Ok(Ok(Response::Stored)) => {
-                    let len = frag.bytes.len() as u64;
+                    let len = data.len() as u64;
                     self.node
                         .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
                     return Ok(FragmentLoc {
@@ -349,7 +350,7 @@ impl Remote {
                 }
             }
             let others = self.candidates(&tried);
-            match placement::choose(&others, 1, frag.bytes.len() as u64) {
+            match placement::choose(&others, 1, data.len() as u64) {
                 Some(p) => peer = p[0],
                 None => match self.candidates(&[]).first() {
                     // Every peer was tried once: allow one that already holds

@@ -701,7 +701,7 @@ impl Driver {
                         }
                         c.fragments_served.fetch_add(1, Ordering::Relaxed);
                         c.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        Response::Fragment(data)
+                        Response::Fragment(data.into())
                     }
                     Ok(None) => Response::NotFound,
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),

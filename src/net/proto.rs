@@ -10,6 +10,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
@@ -26,9 +27,10 @@ const MAX_REASON: usize = 1024;
 #[derive(Clone, PartialEq, Eq)]
 pub enum Request {
     /// Store a fragment under its id (BLAKE3 of the bytes, checked).
+    /// `Bytes`: retries and the codec share the buffer instead of copying.
     Put {
         id: FragmentId,
-        data: Vec<u8>,
+        data: Bytes,
     },
     Get {
         id: FragmentId,
@@ -64,7 +66,7 @@ pub struct Capacity {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Response {
     Stored,
-    Fragment(Vec<u8>),
+    Fragment(Bytes),
     NotFound,
     Has(Vec<bool>),
     Capacity(Capacity),
@@ -107,14 +109,15 @@ fn reason(b: &[u8]) -> io::Result<String> {
 }
 
 impl Request {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The message as (head, payload): a fragment payload is written as
+    /// is, never copied into the head.
+    pub fn encode(&self) -> (Vec<u8>, Bytes) {
         let mut out = Vec::new();
         match self {
             Request::Put { id, data } => {
-                out.reserve(33 + data.len());
                 out.push(1);
                 out.extend_from_slice(&id.0);
-                out.extend_from_slice(data);
+                return (out, data.clone());
             }
             Request::Get { id } => {
                 out.push(2);
@@ -128,10 +131,11 @@ impl Request {
             }
             Request::Capacity => out.push(4),
         }
-        out
+        (out, Bytes::new())
     }
 
-    pub fn decode(b: &[u8]) -> io::Result<Self> {
+    pub fn decode(body: Vec<u8>) -> io::Result<Self> {
+        let b = body.as_slice();
         let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty request"))?;
         match tag {
             1 => {
@@ -141,7 +145,7 @@ impl Request {
                 }
                 Ok(Request::Put {
                     id,
-                    data: data.to_vec(),
+                    data: Bytes::from(body).slice(33..),
                 })
             }
             2 => {
@@ -168,14 +172,14 @@ impl Request {
 }
 
 impl Response {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The message as (head, payload), like [`Request::encode`].
+    pub fn encode(&self) -> (Vec<u8>, Bytes) {
         let mut out = Vec::new();
         match self {
             Response::Stored => out.push(1),
             Response::Fragment(d) => {
-                out.reserve(1 + d.len());
                 out.push(2);
-                out.extend_from_slice(d);
+                return (out, d.clone());
             }
             Response::NotFound => out.push(3),
             Response::Has(v) => {
@@ -201,10 +205,11 @@ impl Response {
                 out.extend_from_slice(&r.as_bytes()[..end]);
             }
         }
-        out
+        (out, Bytes::new())
     }
 
-    pub fn decode(b: &[u8]) -> io::Result<Self> {
+    pub fn decode(body: Vec<u8>) -> io::Result<Self> {
+        let b = body.as_slice();
         let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty response"))?;
         let empty = |r: Response| {
             if rest.is_empty() {
@@ -215,7 +220,7 @@ impl Response {
         };
         match tag {
             1 => empty(Response::Stored),
-            2 if rest.len() <= MAX_FRAGMENT => Ok(Response::Fragment(rest.to_vec())),
+            2 if rest.len() <= MAX_FRAGMENT => Ok(Response::Fragment(Bytes::from(body).slice(1..))),
             3 => empty(Response::NotFound),
             4 if rest.len() <= MAX_HAS && rest.iter().all(|b| *b <= 1) => {
                 Ok(Response::Has(rest.iter().map(|b| *b == 1).collect()))
@@ -250,9 +255,18 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::R
     Ok(buf)
 }
 
-pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, body: &[u8]) -> io::Result<()> {
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    io.write_all(body).await?;
+/// Writes one length-prefixed message: `head`, then `payload` uncopied.
+pub async fn write_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    (head, payload): (Vec<u8>, Bytes),
+) -> io::Result<()> {
+    let len =
+        u32::try_from(head.len() + payload.len()).map_err(|_| invalid("message too large"))?;
+    let mut first = Vec::with_capacity(4 + head.len());
+    first.extend_from_slice(&len.to_be_bytes());
+    first.extend_from_slice(&head);
+    io.write_all(&first).await?;
+    io.write_all(&payload).await?;
     io.close().await
 }
 
@@ -273,7 +287,7 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncRead + Unpin + Send,
     {
         let r = match read_frame(io, MAX_MESSAGE).await {
-            Ok(body) => Request::decode(&body),
+            Ok(body) => Request::decode(body),
             Err(e) => Err(e),
         };
         if let Err(e) = &r {
@@ -287,7 +301,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Response::decode(&read_frame(io, MAX_MESSAGE).await?)
+        Response::decode(read_frame(io, MAX_MESSAGE).await?)
     }
 
     async fn write_request<T>(
@@ -299,7 +313,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &r.encode()).await
+        write_frame(io, r.encode()).await
     }
 
     async fn write_response<T>(
@@ -311,7 +325,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &r.encode()).await
+        write_frame(io, r.encode()).await
     }
 }
 
@@ -319,8 +333,12 @@ impl libp2p::request_response::Codec for Codec {
 mod tests {
     use super::*;
 
+    fn flat((head, payload): (Vec<u8>, Bytes)) -> Vec<u8> {
+        [head.as_slice(), &payload].concat()
+    }
+
     fn roundtrip_req(r: Request) {
-        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Request::decode(flat(r.encode())).unwrap(), r);
     }
 
     #[test]
@@ -328,14 +346,14 @@ mod tests {
         let id = FragmentId([7; 32]);
         roundtrip_req(Request::Put {
             id,
-            data: vec![1, 2, 3],
+            data: Bytes::from_static(&[1, 2, 3]),
         });
         roundtrip_req(Request::Get { id });
         roundtrip_req(Request::Has { ids: vec![id, id] });
         roundtrip_req(Request::Capacity);
         for r in [
             Response::Stored,
-            Response::Fragment(vec![9; 100]),
+            Response::Fragment(vec![9; 100].into()),
             Response::NotFound,
             Response::Has(vec![true, false]),
             Response::Capacity(Capacity {
@@ -346,7 +364,7 @@ mod tests {
             Response::Refused("full".into()),
             Response::Failed("disk".into()),
         ] {
-            assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+            assert_eq!(Response::decode(flat(r.encode())).unwrap(), r);
         }
     }
 
@@ -361,7 +379,7 @@ mod tests {
             &[4, 0],
             &[99],
         ] {
-            assert!(Request::decode(bad).is_err(), "{bad:?}");
+            assert!(Request::decode(bad.to_vec()).is_err(), "{bad:?}");
         }
         for bad in [
             &[][..],
@@ -371,7 +389,7 @@ mod tests {
             &[6, 0xff, 0xfe],
             &[0],
         ] {
-            assert!(Response::decode(bad).is_err(), "{bad:?}");
+            assert!(Response::decode(bad.to_vec()).is_err(), "{bad:?}");
         }
     }
 

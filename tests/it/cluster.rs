@@ -166,7 +166,7 @@ async fn place_on(vnode: &NodeHandle, holders: &[PeerId], object: &[u8], k: u32)
                 *peer,
                 Request::Put {
                     id: f.id,
-                    data: f.bytes.clone(),
+                    data: f.bytes.clone().into(),
                 },
             )
             .await
@@ -268,7 +268,7 @@ fn full_nodes_refuse_and_uploads_go_elsewhere() {
             nodes[0].peer_id(),
             Request::Put {
                 id: frag.id,
-                data: frag.bytes.clone(),
+                data: frag.bytes.clone().into(),
             },
         ))
         .unwrap();
@@ -282,7 +282,7 @@ fn full_nodes_refuse_and_uploads_go_elsewhere() {
             nodes[2].peer_id(),
             Request::Put {
                 id: coder::FragmentId([0; 32]),
-                data: frag.bytes.clone(),
+                data: frag.bytes.clone().into(),
             },
         ))
         .unwrap();
@@ -491,7 +491,7 @@ fn nodes_talk_over_quic() {
                 target,
                 Request::Put {
                     id: frag.id,
-                    data: frag.bytes.clone(),
+                    data: frag.bytes.clone().into(),
                 },
             )
             .await
@@ -503,5 +503,5 @@ fn nodes_talk_over_quic() {
         (put, get)
     });
     assert_eq!(put, Response::Stored);
-    assert_eq!(get, Response::Fragment(frag.bytes));
+    assert_eq!(get, Response::Fragment(frag.bytes.into()));
 }
