@@ -56,6 +56,10 @@ pub struct NetArgs {
     /// without a value; off unless given).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics: Option<String>,
+    /// What any peer may store here beyond what it stores for this node
+    /// (the starter grace; default 1G). Peers that take more are refused.
+    #[arg(long, value_name = "SIZE")]
+    pub grace: Option<String>,
 }
 
 impl NetArgs {
@@ -73,6 +77,9 @@ impl NetArgs {
         }
         if let Some(m) = &self.metrics {
             a.push(format!("--metrics={m}"));
+        }
+        if let Some(g) = &self.grace {
+            a.extend(["--grace".to_string(), g.clone()]);
         }
         a
     }
@@ -96,6 +103,9 @@ impl NetArgs {
             .collect::<anyhow::Result<_>>()?;
         cfg.mdns = !self.no_mdns;
         cfg.metrics = self.metrics.clone();
+        if let Some(g) = &self.grace {
+            cfg.grace = parse_size(g).context("--grace")?;
+        }
         Ok(cfg)
     }
 }
@@ -371,6 +381,9 @@ pub fn apply_settings(cmd: &mut Cmd, s: &Settings) {
         }
         if n.metrics.is_none() {
             n.metrics = s.network.metrics.clone();
+        }
+        if n.grace.is_none() {
+            n.grace = s.network.grace.clone();
         }
     }
     match cmd {

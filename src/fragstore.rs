@@ -8,6 +8,7 @@
 //! (Files rather than BlobDB values: a value would be written twice, to the
 //! WAL and again at flush; measured, the node CPU of a sync halved.)
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -15,9 +16,6 @@ use crate::coder::{FragmentId, Header};
 use crate::crypto::ObjectId;
 use crate::net::proto::Capacity;
 use crate::store::{Batch, Cf, Store, StoreError};
-
-const USED_KEY: &[u8] = b"used";
-const COUNT_KEY: &[u8] = b"count";
 
 /// Outcome of a PUT.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,11 +34,19 @@ pub fn safety_margin(fs_bytes: u64) -> u64 {
 /// Free bytes and total size of the filesystem holding `dir`.
 fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let frag = st.fragment_size() as u64;
-    Some((
-        st.blocks_available() as u64 * frag,
-        st.blocks() as u64 * frag,
-    ))
+    let frag = st.fragment_size();
+    Some((st.blocks_available() * frag, st.blocks() * frag))
+}
+
+/// What is stored (or reserved by PUTs in progress), per node and per peer.
+#[derive(Default)]
+struct Usage {
+    bytes: u64,
+    fragments: u64,
+    /// Bytes stored for each peer (the ledger's "takes" side).
+    by_peer: HashMap<Vec<u8>, u64>,
+    /// PUTs in progress.
+    storing: HashSet<FragmentId>,
 }
 
 /// Fragments this node stores for others.
@@ -48,30 +54,32 @@ pub struct FragmentStore {
     store: Store,
     dir: std::path::PathBuf,
     donated: u64,
-    /// Bytes and fragments stored; guarded so the check and the update are
-    /// one step.
+    /// What any peer may store here beyond what it stores for this node.
+    grace: u64,
     used: Mutex<Usage>,
 }
 
-#[derive(Clone, Copy, Default)]
-struct Usage {
-    bytes: u64,
-    fragments: u64,
+fn index_value(len: u64, peer: &[u8]) -> Vec<u8> {
+    let mut v = len.to_be_bytes().to_vec();
+    v.extend_from_slice(peer);
+    v
 }
 
 impl FragmentStore {
-    pub fn open(dir: &Path, donated: u64) -> Result<Self, StoreError> {
+    /// Opens the store; usage and the per-peer ledger are summed from the
+    /// index, so they are exact after any crash.
+    pub fn open(dir: &Path, donated: u64, grace: u64) -> Result<Self, StoreError> {
         let store = Store::open_fragments(dir)?;
-        let read = |key: &[u8]| -> Result<u64, StoreError> {
-            Ok(match store.get(Cf::Meta, key)? {
-                Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().expect("8 bytes")),
-                _ => 0,
-            })
-        };
-        let usage = Usage {
-            bytes: read(USED_KEY)?,
-            fragments: read(COUNT_KEY)?,
-        };
+        let mut usage = Usage::default();
+        for (_, v) in store.scan(Cf::Fragments, &[], usize::MAX)? {
+            if v.len() < 8 {
+                continue;
+            }
+            let len = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            usage.bytes += len;
+            usage.fragments += 1;
+            *usage.by_peer.entry(v[8..].to_vec()).or_default() += len;
+        }
         // A crash between writing a fragment's file and indexing it leaves
         // a file nobody counts.
         let removed = store.remove_unreferenced_files(|id| {
@@ -84,16 +92,17 @@ impl FragmentStore {
             store,
             dir: dir.to_path_buf(),
             donated,
+            grace,
             used: Mutex::new(usage),
         })
     }
 
-    fn used_guard(&self) -> std::sync::MutexGuard<'_, Usage> {
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn capacity(&self) -> Capacity {
-        let used = self.used_guard().bytes;
+        let used = self.usage().bytes;
         let disk = disk_space(&self.dir)
             .map_or(0, |(free, size)| free.saturating_sub(safety_margin(size)));
         Capacity {
@@ -103,8 +112,21 @@ impl FragmentStore {
         }
     }
 
-    /// Stores a fragment if it is well formed and fits the donation.
-    pub fn put(&self, id: &FragmentId, data: &[u8]) -> Result<PutOutcome, StoreError> {
+    /// Bytes stored here for `peer`.
+    pub fn stored_for(&self, peer: &[u8]) -> u64 {
+        self.usage().by_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Stores a fragment from `peer` if it is well formed, fits the
+    /// donation and the disk margin, and the peer has not taken more than
+    /// the grace beyond `gives` (what it stores for this node).
+    pub fn put(
+        &self,
+        id: &FragmentId,
+        data: &[u8],
+        peer: &[u8],
+        gives: u64,
+    ) -> Result<PutOutcome, StoreError> {
         if FragmentId::of(data) != *id {
             return Ok(PutOutcome::Refused(
                 "fragment bytes do not match their id".into(),
@@ -113,51 +135,63 @@ impl FragmentStore {
         if let Err(e) = Header::parse(data) {
             return Ok(PutOutcome::Refused(e.to_string()));
         }
+        let len = data.len() as u64;
         {
-            let mut used = self.used_guard();
+            // Check and reserve under the lock; write outside it.
+            let mut u = self.usage();
             if self.store.get(Cf::Fragments, &id.0)?.is_some() {
                 return Ok(PutOutcome::Stored);
             }
-            let after = Usage {
-                bytes: used.bytes + data.len() as u64,
-                fragments: used.fragments + 1,
-            };
-            if after.bytes > self.donated {
+            if u.storing.contains(id) {
+                return Ok(PutOutcome::Refused(
+                    "this fragment is being stored right now; retry".into(),
+                ));
+            }
+            if u.bytes + len > self.donated {
                 return Ok(PutOutcome::Refused(format!(
                     "donation full: storing {} of {} bytes donated",
-                    used.bytes, self.donated
+                    u.bytes, self.donated
+                )));
+            }
+            let takes = u.by_peer.get(peer).copied().unwrap_or(0);
+            if takes + len > self.grace.saturating_add(gives) {
+                return Ok(PutOutcome::Refused(format!(
+                    "over your share: this node stores {takes} bytes for you and you store {gives} \
+                     bytes for it; beyond a grace of {} bytes a peer must give about what it takes",
+                    self.grace
                 )));
             }
             // Checked before every PUT: the disk itself may fill from elsewhere.
             if let Some((free, size)) = disk_space(&self.dir) {
                 let margin = safety_margin(size);
-                if free < margin + data.len() as u64 {
+                if free < margin + len {
                     return Ok(PutOutcome::Refused(format!(
                         "disk nearly full: {free} bytes free, keeping a {margin}-byte safety margin"
                     )));
                 }
             }
+            u.storing.insert(*id);
+            u.bytes += len;
+            u.fragments += 1;
+            *u.by_peer.entry(peer.to_vec()).or_default() += len;
+        }
+        let written = (|| {
             let mut b = Batch::default();
             b.put_object(&self.store, &ObjectId(id.0), data)?;
-            b.put(
-                Cf::Fragments,
-                id.0.to_vec(),
-                (data.len() as u64).to_be_bytes().to_vec(),
-            );
-            b.put(
-                Cf::Meta,
-                USED_KEY.to_vec(),
-                after.bytes.to_be_bytes().to_vec(),
-            );
-            b.put(
-                Cf::Meta,
-                COUNT_KEY.to_vec(),
-                after.fragments.to_be_bytes().to_vec(),
-            );
+            b.put(Cf::Fragments, id.0.to_vec(), index_value(len, peer));
             self.store.write(b)?;
-            *used = after;
+            self.store.sync()
+        })();
+        let mut u = self.usage();
+        u.storing.remove(id);
+        if let Err(e) = written {
+            u.bytes -= len;
+            u.fragments -= 1;
+            if let Some(t) = u.by_peer.get_mut(peer) {
+                *t -= len;
+            }
+            return Err(e);
         }
-        self.store.sync()?;
         Ok(PutOutcome::Stored)
     }
 
@@ -176,7 +210,7 @@ impl FragmentStore {
 
     /// Number of fragments held.
     pub fn count(&self) -> u64 {
-        self.used_guard().fragments
+        self.usage().fragments
     }
 }
 
@@ -206,14 +240,14 @@ mod tests {
         )
         .expect("mounting a tmpfs (tests run as root)");
         // Donates far more than the disk has: the margin must stop it.
-        let fs = FragmentStore::open(t.0.path(), 10 << 30).unwrap();
+        let fs = FragmentStore::open(t.0.path(), 10 << 30, u64::MAX).unwrap();
         assert!(fs.capacity().available < 50 << 20);
         let mut refused = None;
         for i in 0..200u64 {
             let f = encode(&i.to_le_bytes().repeat(500_000), 1, 0..1)
                 .unwrap()
                 .remove(0);
-            match fs.put(&f.id, &f.bytes).unwrap() {
+            match fs.put(&f.id, &f.bytes, b"peer", 0).unwrap() {
                 PutOutcome::Stored => {}
                 PutOutcome::Refused(r) => {
                     refused = Some(r);
@@ -229,37 +263,62 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_refuses_takers_beyond_their_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let frags = encode(&vec![9u8; 300_000], 1, 0..3).unwrap();
+        let len = frags[0].bytes.len() as u64;
+        let fs = FragmentStore::open(dir.path(), 1 << 30, len + 1).unwrap();
+        let put = |i: usize, peer: &[u8], gives: u64| {
+            fs.put(&frags[i].id, &frags[i].bytes, peer, gives).unwrap()
+        };
+        assert_eq!(put(0, b"taker", 0), PutOutcome::Stored);
+        match put(1, b"taker", 0) {
+            PutOutcome::Refused(r) => assert!(r.contains("over your share"), "{r}"),
+            o => panic!("{o:?}"),
+        }
+        // A peer that gives as much as it takes keeps going; others are
+        // not affected by the taker.
+        assert_eq!(put(1, b"taker", len), PutOutcome::Stored);
+        assert_eq!(put(2, b"other", 0), PutOutcome::Stored);
+        drop(fs);
+        let fs = FragmentStore::open(dir.path(), 1 << 30, len + 1).unwrap();
+        assert_eq!(fs.stored_for(b"taker"), 2 * len);
+        assert_eq!(fs.stored_for(b"other"), len);
+        assert_eq!(fs.count(), 3);
+    }
+
+    #[test]
     fn put_checks_id_header_and_donation() {
         let dir = tempfile::tempdir().unwrap();
         let frags = encode(&vec![5u8; 100_000], 2, 0..4).unwrap();
         let len = frags[0].bytes.len() as u64;
-        let fs = FragmentStore::open(dir.path(), len * 2 + 10).unwrap();
+        let fs = FragmentStore::open(dir.path(), len * 2 + 10, u64::MAX).unwrap();
         assert_eq!(
-            fs.put(&frags[0].id, &frags[0].bytes).unwrap(),
+            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0).unwrap(),
             PutOutcome::Stored
         );
         // Idempotent.
         assert_eq!(
-            fs.put(&frags[0].id, &frags[0].bytes).unwrap(),
+            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0).unwrap(),
             PutOutcome::Stored
         );
         assert_eq!(fs.capacity().used, len);
         // Wrong id.
         assert!(matches!(
-            fs.put(&frags[0].id, &frags[1].bytes).unwrap(),
+            fs.put(&frags[0].id, &frags[1].bytes, b"peer", 0).unwrap(),
             PutOutcome::Refused(_)
         ));
         // Junk with a matching id.
         let junk = vec![1u8; 64];
         assert!(matches!(
-            fs.put(&FragmentId::of(&junk), &junk).unwrap(),
+            fs.put(&FragmentId::of(&junk), &junk, b"peer", 0).unwrap(),
             PutOutcome::Refused(_)
         ));
         assert_eq!(
-            fs.put(&frags[1].id, &frags[1].bytes).unwrap(),
+            fs.put(&frags[1].id, &frags[1].bytes, b"peer", 0).unwrap(),
             PutOutcome::Stored
         );
-        match fs.put(&frags[2].id, &frags[2].bytes).unwrap() {
+        match fs.put(&frags[2].id, &frags[2].bytes, b"peer", 0).unwrap() {
             PutOutcome::Refused(r) => assert!(r.contains("donation full"), "{r}"),
             o => panic!("{o:?}"),
         }
@@ -269,7 +328,7 @@ mod tests {
             vec![true, false]
         );
         drop(fs);
-        let fs = FragmentStore::open(dir.path(), len * 2 + 10).unwrap();
+        let fs = FragmentStore::open(dir.path(), len * 2 + 10, u64::MAX).unwrap();
         assert_eq!(fs.capacity().used, 2 * len);
         assert_eq!(fs.count(), 2);
     }

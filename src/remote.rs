@@ -70,6 +70,8 @@ struct UploadState {
     last_error: Option<String>,
     uploaded_bytes: u64,
     in_flight: HashSet<ObjectId>,
+    /// The last reason a peer gave for refusing a fragment.
+    last_refusal: Option<String>,
     /// (when, uploaded_bytes) over the last seconds, for the rate.
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
@@ -110,6 +112,21 @@ impl Remote {
             wake: tokio::sync::Notify::new(),
             started: Instant::now(),
         });
+        // What this vault already stores on each peer counts in the ledger.
+        match vault.placements() {
+            Ok(all) => {
+                for (_, p) in all {
+                    let each = coder::Layout::new(p.len as usize, p.k)
+                        .map_or(0, |l| l.fragment_len() as u64);
+                    for f in &p.fragments {
+                        if let Ok(peer) = PeerId::from_bytes(&f.peer) {
+                            node.add_credit(&peer, each);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("reading placements for the ledger: {e}"),
+        }
         vault.set_fetcher(Arc::new(NetFetcher {
             node,
             rt: tokio::runtime::Handle::current(),
@@ -268,8 +285,14 @@ impl Remote {
             if cands.is_empty() {
                 "no storage peers are connected".to_string()
             } else {
+                let why = self
+                    .state()
+                    .last_refusal
+                    .clone()
+                    .map(|r| format!("; last refusal: {r}"))
+                    .unwrap_or_default();
                 format!(
-                    "every connected peer is full ({} peers, {} bytes needed per fragment)",
+                    "every connected peer is full or refuses ({} peers, {} bytes needed per fragment){why}",
                     cands.len(),
                     frag_len
                 )
@@ -321,6 +344,7 @@ impl Remote {
             match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
                 Ok(Ok(Response::Stored)) => {
                     let len = data.len() as u64;
+                    self.node.add_credit(&peer, len);
                     self.node
                         .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
                     return Ok(FragmentLoc {
@@ -332,6 +356,7 @@ impl Remote {
                 Ok(Ok(Response::Refused(why))) => {
                     self.node.note_capacity(&peer, |c| c.available = 0);
                     last = format!("peer {peer} refused a fragment: {why}");
+                    self.state().last_refusal = Some(last.clone());
                 }
                 Ok(Ok(other)) => {
                     self.node

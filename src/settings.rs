@@ -43,6 +43,8 @@ pub struct NetworkSettings {
     pub mdns: Option<bool>,
     /// Prometheus endpoint address (`--metrics`), e.g. "127.0.0.1:9464".
     pub metrics: Option<String>,
+    /// What a peer may store here beyond what it gives (`--grace`).
+    pub grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +137,7 @@ impl Settings {
         for (key, v) in [
             ("mount.cache", &self.mount.cache),
             ("mount.starter_allowance", &self.mount.starter_allowance),
+            ("network.grace", &self.network.grace),
             ("init.kdf_memory", &self.init.kdf_memory),
         ] {
             if let Some(v) = v {

@@ -32,6 +32,9 @@ use proto::{Capacity, Request, Response, PROTOCOL};
 
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/kad/1");
 const IDENTIFY_PROTOCOL: &str = "/drizzle/id/1";
+/// The starter grace: what a peer may store on a node before it must give
+/// about as much as it takes.
+pub const DEFAULT_GRACE: u64 = 1 << 30;
 /// How often connected peers are asked for their free capacity.
 const CAPACITY_REFRESH: Duration = Duration::from_secs(15);
 
@@ -69,6 +72,8 @@ pub struct NodeConfig {
     pub peers: Vec<Multiaddr>,
     /// Bytes this node stores for others at most.
     pub donate: u64,
+    /// What any peer may store here beyond what it stores for this node.
+    pub grace: u64,
     pub mdns: bool,
     /// Address for the Prometheus endpoint (served by the daemon, not here).
     pub metrics: Option<String>,
@@ -83,6 +88,7 @@ impl NodeConfig {
             listen: Vec::new(),
             peers: Vec::new(),
             donate,
+            grace: DEFAULT_GRACE,
             mdns: false,
             metrics: None,
             fault: None,
@@ -149,6 +155,8 @@ struct Shared {
     listen: watch::Sender<Vec<Multiaddr>>,
     frags: Arc<FragmentStore>,
     counters: NodeCounters,
+    /// Bytes this node's vault stores on each peer (the ledger's "gives").
+    credits: RwLock<HashMap<PeerId, u64>>,
     fault: Option<Fault>,
 }
 
@@ -226,7 +234,7 @@ impl NodeHandle {
             .with_context(|| format!("creating {}", cfg.dir.display()))?;
         let key = load_identity(&cfg.dir)?;
         let frags = Arc::new(
-            FragmentStore::open(&cfg.dir, cfg.donate)
+            FragmentStore::open(&cfg.dir, cfg.donate, cfg.grace)
                 .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?,
         );
         let peer_id = key.public().to_peer_id();
@@ -295,6 +303,7 @@ impl NodeHandle {
             listen: listen_tx,
             frags,
             counters,
+            credits: RwLock::new(HashMap::new()),
             fault: cfg.fault,
         });
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -409,6 +418,21 @@ impl NodeHandle {
 
     pub fn capacity(&self) -> Capacity {
         self.shared.frags.capacity()
+    }
+
+    /// Records that this node's vault stored `bytes` more on `peer`.
+    pub fn add_credit(&self, peer: &PeerId, bytes: u64) {
+        let mut c = self
+            .shared
+            .credits
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *c.entry(*peer).or_default() += bytes;
+    }
+
+    /// Bytes stored here for `peer`.
+    pub fn stored_for(&self, peer: &PeerId) -> u64 {
+        self.shared.frags.stored_for(&peer.to_bytes())
     }
 
     pub fn fragment_count(&self) -> u64 {
@@ -672,23 +696,32 @@ impl Driver {
         tokio::task::spawn_blocking(move || {
             let c = &shared.counters;
             let resp = match req {
-                Request::Put { id, data } => match shared.frags.put(&id, &data) {
-                    Ok(PutOutcome::Stored) => {
-                        c.fragments_stored.fetch_add(1, Ordering::Relaxed);
-                        c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        Response::Stored
+                Request::Put { id, data } => {
+                    let gives = shared
+                        .credits
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&peer)
+                        .copied()
+                        .unwrap_or(0);
+                    match shared.frags.put(&id, &data, &peer.to_bytes(), gives) {
+                        Ok(PutOutcome::Stored) => {
+                            c.fragments_stored.fetch_add(1, Ordering::Relaxed);
+                            c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            Response::Stored
+                        }
+                        Ok(PutOutcome::Refused(r)) => {
+                            c.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%peer, "refused a fragment: {r}");
+                            Response::Refused(r)
+                        }
+                        Err(e) => {
+                            c.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("fragment store: {e}");
+                            Response::Failed(format!("storage error on the node: {e}"))
+                        }
                     }
-                    Ok(PutOutcome::Refused(r)) => {
-                        c.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%peer, "refused a fragment: {r}");
-                        Response::Refused(r)
-                    }
-                    Err(e) => {
-                        c.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("fragment store: {e}");
-                        Response::Failed(format!("storage error on the node: {e}"))
-                    }
-                },
+                }
                 Request::Get { id } => match shared.frags.get(&id) {
                     Ok(Some(mut data)) => {
                         match shared.fault {

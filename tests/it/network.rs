@@ -219,3 +219,32 @@ fn writes_beyond_the_allowance_fail_with_enospc_and_df_shows_it() {
     std::fs::write(d.p("again"), pattern(8 << 20, 3)).unwrap();
     d.umount();
 }
+
+/// A peer that takes and never gives is refused once past its grace, with
+/// the reason in the reply; `sync` says so.
+#[test]
+fn a_free_rider_is_refused_after_its_grace() {
+    let mut node = Node::start_with("1G", &[], &["--grace", "2M"]);
+    let mut d = Drive::init_with("freeloader", &["--k", "1", "--n", "1"]);
+    peer_args(&mut d, std::slice::from_ref(&node), None);
+    d.mount();
+    std::fs::write(d.p("small"), pattern(1 << 20, 1)).unwrap();
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(d.p("large"), pattern(3 << 20, 2)).unwrap();
+    let out = d.sync_network();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over your share"), "{err}");
+    let st = node.status();
+    assert!(
+        st["stored_for_others_bytes"].as_u64().unwrap() < 2 << 20,
+        "{st}"
+    );
+    d.umount();
+    node.kill();
+}

@@ -300,6 +300,11 @@ pub struct Node {
 impl Node {
     /// Starts a node donating `donate`, bootstrapping from `peers`.
     pub fn start(donate: &str, peers: &[&str]) -> Node {
+        Self::start_with(donate, peers, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `drizzle node` arguments.
+    pub fn start_with(donate: &str, peers: &[&str], extra: &[&str]) -> Node {
         use std::io::BufRead;
         let dir = tempfile::Builder::new()
             .prefix("drizzle-node-")
@@ -313,6 +318,7 @@ impl Node {
         for p in peers {
             cmd.args(["--peer", p]);
         }
+        cmd.args(extra);
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
         let mut child = cmd
             .stdin(Stdio::null())
