@@ -60,6 +60,10 @@ pub struct NetArgs {
     /// (the starter grace; default 1G). Peers that take more are refused.
     #[arg(long, value_name = "SIZE")]
     pub grace: Option<String>,
+    /// How often fragments whose lease ran out are deleted, in seconds
+    /// (default 600).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub gc_secs: Option<u64>,
 }
 
 impl NetArgs {
@@ -80,6 +84,9 @@ impl NetArgs {
         }
         if let Some(g) = &self.grace {
             a.extend(["--grace".to_string(), g.clone()]);
+        }
+        if let Some(g) = self.gc_secs {
+            a.extend(["--gc-secs".to_string(), g.to_string()]);
         }
         a
     }
@@ -106,6 +113,9 @@ impl NetArgs {
         if let Some(g) = &self.grace {
             cfg.grace = parse_size(g).context("--grace")?;
         }
+        if let Some(g) = self.gc_secs {
+            cfg.gc_interval = Duration::from_secs(g.max(1));
+        }
         Ok(cfg)
     }
 }
@@ -127,6 +137,10 @@ pub struct MountNetArgs {
     /// It may store this plus its donation times k/n.
     #[arg(long, value_name = "SIZE")]
     pub starter_allowance: Option<String>,
+    /// Lease time asked of peers for each fragment, in seconds (default 30
+    /// days; renewed every third of it while the vault is mounted).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub lease_secs: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -622,6 +636,7 @@ fn mount(
         node: node_cfg,
         cache,
         starter,
+        lease_secs: opts.lease_secs.unwrap_or(crate::remote::DEFAULT_LEASE_SECS),
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -669,6 +684,9 @@ fn mount(
         child_args.extend(["--cache".into(), c.clone()]);
     }
     child_args.extend(["--starter-allowance".into(), starter.to_string()]);
+    if let Some(l) = opts.lease_secs {
+        child_args.extend(["--lease-secs".into(), l.to_string()]);
+    }
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -681,6 +699,8 @@ pub struct MountSetup {
     pub cache: u64,
     /// Free allowance before donating.
     pub starter: u64,
+    /// Lease time asked of peers.
+    pub lease_secs: u32,
 }
 
 fn mount_foreground(
@@ -712,6 +732,7 @@ fn mount_foreground(
         node: setup.node,
         k: cfg.k,
         n: cfg.n,
+        lease_secs: setup.lease_secs,
     };
     daemon::run_mount(vault, data_dir, mountpoint, net, ready)
 }

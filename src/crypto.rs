@@ -96,6 +96,7 @@ pub struct VaultKeys {
     name: Zeroizing<[u8; 64]>,
     meta: Zeroizing<[u8; 64]>,
     check: Zeroizing<[u8; 32]>,
+    lease: Zeroizing<[u8; 32]>,
 }
 
 impl VaultKeys {
@@ -123,6 +124,7 @@ impl VaultKeys {
         let mut name = Zeroizing::new([0u8; 64]);
         let mut meta = Zeroizing::new([0u8; 64]);
         let mut check = Zeroizing::new([0u8; 32]);
+        let mut lease = Zeroizing::new([0u8; 32]);
         // Output lengths are fixed and far below HKDF's limit: expand cannot fail.
         hk.expand(b"drizzle object seal", object.as_mut())
             .expect("hkdf length");
@@ -132,12 +134,30 @@ impl VaultKeys {
             .expect("hkdf length");
         hk.expand(b"drizzle key check", check.as_mut())
             .expect("hkdf length");
+        hk.expand(b"drizzle lease secrets", lease.as_mut())
+            .expect("hkdf length");
         VaultKeys {
             object,
             name,
             meta,
             check,
+            lease,
         }
+    }
+
+    /// The renew and cancel secrets of one fragment's lease on one peer:
+    /// keyed hashes of (fragment id, peer id), so nothing links two
+    /// fragments of one vault. Peers see only BLAKE3 of each secret until
+    /// the owner renews or cancels.
+    pub fn lease_secrets(&self, fragment: &[u8; 32], peer: &[u8]) -> ([u8; 32], [u8; 32]) {
+        let secret = |kind: &[u8]| {
+            let mut h = blake3::Hasher::new_keyed(&self.lease);
+            h.update(kind);
+            h.update(fragment);
+            h.update(peer);
+            *h.finalize().as_bytes()
+        };
+        (secret(b"renew"), secret(b"cancel"))
     }
 
     /// A value stored in the vault config that tells a wrong password at once.

@@ -281,6 +281,8 @@ pub struct NetSetup {
     pub node: NodeConfig,
     pub k: u32,
     pub n: u32,
+    /// Lease time asked of peers for each fragment.
+    pub lease_secs: u32,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -399,7 +401,8 @@ async fn serve(
             return Err(e);
         }
     };
-    let remote = Remote::start(vault.clone(), node.clone(), net.k, net.n);
+    let remote =
+        Remote::start_with_leases(vault.clone(), node.clone(), net.k, net.n, net.lease_secs);
     let (ended_tx, mut ended_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("drizzle-fuse".into())

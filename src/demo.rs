@@ -89,6 +89,7 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
         node: node_cfg,
         k: K,
         n: N,
+        lease_secs: crate::remote::DEFAULT_LEASE_SECS,
     };
 
     let v2 = vault.clone();

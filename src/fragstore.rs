@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use crate::coder::{FragmentId, Header};
 use crate::crypto::ObjectId;
-use crate::net::proto::Capacity;
+use crate::net::proto::{Capacity, LeaseTerms};
 use crate::store::{Batch, Cf, Store, StoreError};
 
 /// Outcome of a PUT.
@@ -59,10 +59,47 @@ pub struct FragmentStore {
     used: Mutex<Usage>,
 }
 
-fn index_value(len: u64, peer: &[u8]) -> Vec<u8> {
-    let mut v = len.to_be_bytes().to_vec();
-    v.extend_from_slice(peer);
-    v
+/// Longest lease a node grants, whatever the owner asks.
+pub const MAX_LEASE_SECS: u32 = 90 * 24 * 3600;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One index record: the fragment's length, lease and the peer it is for.
+struct Entry {
+    len: u64,
+    expires: u64,
+    renew_hash: [u8; 32],
+    cancel_hash: [u8; 32],
+    peer: Vec<u8>,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(80 + self.peer.len());
+        v.extend_from_slice(&self.len.to_be_bytes());
+        v.extend_from_slice(&self.expires.to_be_bytes());
+        v.extend_from_slice(&self.renew_hash);
+        v.extend_from_slice(&self.cancel_hash);
+        v.extend_from_slice(&self.peer);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Entry> {
+        if v.len() < 80 {
+            return None;
+        }
+        Some(Entry {
+            len: u64::from_be_bytes(v[..8].try_into().ok()?),
+            expires: u64::from_be_bytes(v[8..16].try_into().ok()?),
+            renew_hash: v[16..48].try_into().ok()?,
+            cancel_hash: v[48..80].try_into().ok()?,
+            peer: v[80..].to_vec(),
+        })
+    }
 }
 
 impl FragmentStore {
@@ -72,13 +109,12 @@ impl FragmentStore {
         let store = Store::open_fragments(dir)?;
         let mut usage = Usage::default();
         for (_, v) in store.scan(Cf::Fragments, &[], usize::MAX)? {
-            if v.len() < 8 {
+            let Some(e) = Entry::decode(&v) else {
                 continue;
-            }
-            let len = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-            usage.bytes += len;
+            };
+            usage.bytes += e.len;
             usage.fragments += 1;
-            *usage.by_peer.entry(v[8..].to_vec()).or_default() += len;
+            *usage.by_peer.entry(e.peer).or_default() += e.len;
         }
         // A crash between writing a fragment's file and indexing it leaves
         // a file nobody counts.
@@ -126,6 +162,7 @@ impl FragmentStore {
         data: &[u8],
         peer: &[u8],
         gives: u64,
+        lease: &LeaseTerms,
     ) -> Result<PutOutcome, StoreError> {
         if FragmentId::of(data) != *id {
             return Ok(PutOutcome::Refused(
@@ -178,7 +215,14 @@ impl FragmentStore {
         let written = (|| {
             let mut b = Batch::default();
             b.put_object(&self.store, &ObjectId(id.0), data)?;
-            b.put(Cf::Fragments, id.0.to_vec(), index_value(len, peer));
+            let entry = Entry {
+                len,
+                expires: now_secs() + lease.secs.min(MAX_LEASE_SECS) as u64,
+                renew_hash: lease.renew_hash,
+                cancel_hash: lease.cancel_hash,
+                peer: peer.to_vec(),
+            };
+            b.put(Cf::Fragments, id.0.to_vec(), entry.encode());
             self.store.write(b)?;
             self.store.sync()
         })();
@@ -212,12 +256,106 @@ impl FragmentStore {
     pub fn count(&self) -> u64 {
         self.usage().fragments
     }
+
+    fn entry(&self, id: &FragmentId) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .store
+            .get(Cf::Fragments, &id.0)?
+            .and_then(|v| Entry::decode(&v)))
+    }
+
+    /// Extends the leases whose renew secret matches; one flag per item.
+    pub fn renew(
+        &self,
+        items: &[(FragmentId, [u8; 32])],
+        secs: u32,
+    ) -> Result<Vec<bool>, StoreError> {
+        let expires = now_secs() + secs.min(MAX_LEASE_SECS) as u64;
+        let mut b = Batch::default();
+        let mut out = Vec::with_capacity(items.len());
+        for (id, secret) in items {
+            let ok = match self.entry(id)? {
+                Some(mut e) if *blake3::hash(secret).as_bytes() == e.renew_hash => {
+                    e.expires = e.expires.max(expires);
+                    b.put(Cf::Fragments, id.0.to_vec(), e.encode());
+                    true
+                }
+                _ => false,
+            };
+            out.push(ok);
+        }
+        self.store.write(b)?;
+        self.store.sync()?;
+        Ok(out)
+    }
+
+    /// Deletes the fragments whose cancel secret matches; one flag per item
+    /// (true also when the fragment is already gone).
+    pub fn cancel(&self, items: &[(FragmentId, [u8; 32])]) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut gone = Vec::new();
+        for (id, secret) in items {
+            match self.entry(id)? {
+                Some(e) if *blake3::hash(secret).as_bytes() == e.cancel_hash => {
+                    gone.push((*id, e));
+                    out.push(true);
+                }
+                Some(_) => out.push(false),
+                None => out.push(true),
+            }
+        }
+        self.remove(gone)?;
+        Ok(out)
+    }
+
+    /// Deletes fragments whose lease ran out; returns how many.
+    pub fn expire(&self) -> Result<usize, StoreError> {
+        let now = now_secs();
+        let mut gone = Vec::new();
+        for (k, v) in self.store.scan(Cf::Fragments, &[], usize::MAX)? {
+            if let (Ok(id), Some(e)) = (<[u8; 32]>::try_from(k.as_slice()), Entry::decode(&v)) {
+                if e.expires <= now {
+                    gone.push((FragmentId(id), e));
+                }
+            }
+        }
+        let n = gone.len();
+        self.remove(gone)?;
+        Ok(n)
+    }
+
+    fn remove(&self, gone: Vec<(FragmentId, Entry)>) -> Result<(), StoreError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        for (id, e) in &gone {
+            b.delete(Cf::Fragments, id.0.to_vec());
+            b.delete_object(&ObjectId(id.0), e.len);
+        }
+        self.store.write(b)?;
+        let mut u = self.usage();
+        for (_, e) in gone {
+            u.bytes = u.bytes.saturating_sub(e.len);
+            u.fragments = u.fragments.saturating_sub(1);
+            if let Some(t) = u.by_peer.get_mut(&e.peer) {
+                *t = t.saturating_sub(e.len);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::coder::encode;
+
+    const LEASE: LeaseTerms = LeaseTerms {
+        renew_hash: [0; 32],
+        cancel_hash: [0; 32],
+        secs: 3600,
+    };
 
     /// A small tmpfs, unmounted on drop.
     struct Tmpfs(tempfile::TempDir);
@@ -247,7 +385,7 @@ mod tests {
             let f = encode(&i.to_le_bytes().repeat(500_000), 1, 0..1)
                 .unwrap()
                 .remove(0);
-            match fs.put(&f.id, &f.bytes, b"peer", 0).unwrap() {
+            match fs.put(&f.id, &f.bytes, b"peer", 0, &LEASE).unwrap() {
                 PutOutcome::Stored => {}
                 PutOutcome::Refused(r) => {
                     refused = Some(r);
@@ -263,13 +401,45 @@ mod tests {
     }
 
     #[test]
+    fn leases_renew_cancel_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let frags = encode(&vec![4u8; 200_000], 1, 0..3).unwrap();
+        let fs = FragmentStore::open(dir.path(), 1 << 30, u64::MAX).unwrap();
+        let (renew, cancel) = ([1u8; 32], [2u8; 32]);
+        for (i, f) in frags.iter().enumerate() {
+            let secs = if i == 2 { 0 } else { 3600 };
+            let terms = LeaseTerms::new(&renew, &cancel, secs);
+            assert_eq!(
+                fs.put(&f.id, &f.bytes, b"p", 0, &terms).unwrap(),
+                PutOutcome::Stored
+            );
+        }
+        let id = |i: usize| frags[i].id;
+        assert_eq!(
+            fs.renew(&[(id(0), [9; 32]), (id(0), renew)], 60).unwrap(),
+            vec![false, true]
+        );
+        assert_eq!(fs.cancel(&[(id(1), renew)]).unwrap(), vec![false]);
+        assert_eq!(fs.cancel(&[(id(1), cancel)]).unwrap(), vec![true]);
+        assert!(fs.get(&id(1)).unwrap().is_none());
+        // Fragment 2's lease is already over.
+        assert_eq!(fs.expire().unwrap(), 1);
+        assert!(fs.get(&id(2)).unwrap().is_none());
+        assert!(fs.get(&id(0)).unwrap().is_some());
+        assert_eq!(fs.count(), 1);
+        assert_eq!(fs.capacity().used, frags[0].bytes.len() as u64);
+        assert_eq!(fs.stored_for(b"p"), frags[0].bytes.len() as u64);
+    }
+
+    #[test]
     fn the_ledger_refuses_takers_beyond_their_grace() {
         let dir = tempfile::tempdir().unwrap();
         let frags = encode(&vec![9u8; 300_000], 1, 0..3).unwrap();
         let len = frags[0].bytes.len() as u64;
         let fs = FragmentStore::open(dir.path(), 1 << 30, len + 1).unwrap();
         let put = |i: usize, peer: &[u8], gives: u64| {
-            fs.put(&frags[i].id, &frags[i].bytes, peer, gives).unwrap()
+            fs.put(&frags[i].id, &frags[i].bytes, peer, gives, &LEASE)
+                .unwrap()
         };
         assert_eq!(put(0, b"taker", 0), PutOutcome::Stored);
         match put(1, b"taker", 0) {
@@ -294,31 +464,39 @@ mod tests {
         let len = frags[0].bytes.len() as u64;
         let fs = FragmentStore::open(dir.path(), len * 2 + 10, u64::MAX).unwrap();
         assert_eq!(
-            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0).unwrap(),
+            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0, &LEASE)
+                .unwrap(),
             PutOutcome::Stored
         );
         // Idempotent.
         assert_eq!(
-            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0).unwrap(),
+            fs.put(&frags[0].id, &frags[0].bytes, b"peer", 0, &LEASE)
+                .unwrap(),
             PutOutcome::Stored
         );
         assert_eq!(fs.capacity().used, len);
         // Wrong id.
         assert!(matches!(
-            fs.put(&frags[0].id, &frags[1].bytes, b"peer", 0).unwrap(),
+            fs.put(&frags[0].id, &frags[1].bytes, b"peer", 0, &LEASE)
+                .unwrap(),
             PutOutcome::Refused(_)
         ));
         // Junk with a matching id.
         let junk = vec![1u8; 64];
         assert!(matches!(
-            fs.put(&FragmentId::of(&junk), &junk, b"peer", 0).unwrap(),
+            fs.put(&FragmentId::of(&junk), &junk, b"peer", 0, &LEASE)
+                .unwrap(),
             PutOutcome::Refused(_)
         ));
         assert_eq!(
-            fs.put(&frags[1].id, &frags[1].bytes, b"peer", 0).unwrap(),
+            fs.put(&frags[1].id, &frags[1].bytes, b"peer", 0, &LEASE)
+                .unwrap(),
             PutOutcome::Stored
         );
-        match fs.put(&frags[2].id, &frags[2].bytes, b"peer", 0).unwrap() {
+        match fs
+            .put(&frags[2].id, &frags[2].bytes, b"peer", 0, &LEASE)
+            .unwrap()
+        {
             PutOutcome::Refused(r) => assert!(r.contains("donation full"), "{r}"),
             o => panic!("{o:?}"),
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coder::{self, Decoder, Fragment, FragmentId, Layout};
 use crate::crypto::ObjectId;
-use crate::net::proto::{Request, Response};
+use crate::net::proto::{LeaseTerms, Request, Response};
 use crate::net::{NetError, NodeHandle, PeerId};
 use crate::placement::{self, Candidate};
 use crate::vault::records::{FragmentLoc, Placement};
@@ -38,6 +38,10 @@ const HEDGE_AFTER: Duration = Duration::from_millis(400);
 const STALL: Duration = Duration::from_secs(30);
 /// Attempts per fragment (the first peer, then others).
 const PUT_ATTEMPTS: usize = 4;
+/// Leases asked for when none is configured: 30 days, renewed every 10.
+pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
+/// Most leases renewed or cancelled in one request.
+const LEASE_BATCH: usize = 1024;
 /// After start, uploads wait this long for n peers to be discovered before
 /// placing several fragments on one peer.
 const DISCOVERY_GRACE: Duration = Duration::from_secs(10);
@@ -93,6 +97,7 @@ pub struct Remote {
     state: Mutex<UploadState>,
     wake: tokio::sync::Notify,
     started: Instant,
+    lease_secs: u32,
 }
 
 fn peer_bytes(p: &PeerId) -> Vec<u8> {
@@ -103,6 +108,18 @@ impl Remote {
     /// Connects a vault to a running node: reads can now fetch from peers
     /// and the uploader starts on the current runtime.
     pub fn start(vault: Arc<Vault>, node: NodeHandle, k: u32, n: u32) -> Arc<Remote> {
+        Self::start_with_leases(vault, node, k, n, DEFAULT_LEASE_SECS)
+    }
+
+    /// Like [`start`](Self::start), asking peers for leases of `lease_secs`
+    /// (renewed every third of that).
+    pub fn start_with_leases(
+        vault: Arc<Vault>,
+        node: NodeHandle,
+        k: u32,
+        n: u32,
+        lease_secs: u32,
+    ) -> Arc<Remote> {
         let remote = Arc::new(Remote {
             vault: vault.clone(),
             node: node.clone(),
@@ -111,6 +128,7 @@ impl Remote {
             state: Mutex::new(UploadState::default()),
             wake: tokio::sync::Notify::new(),
             started: Instant::now(),
+            lease_secs: lease_secs.max(1),
         });
         // What this vault already stores on each peer counts in the ledger.
         match vault.placements() {
@@ -132,6 +150,8 @@ impl Remote {
             rt: tokio::runtime::Handle::current(),
         }));
         tokio::spawn(remote.clone().upload_loop());
+        tokio::spawn(remote.clone().renew_loop());
+        tokio::spawn(remote.clone().cancel_loop());
         remote
     }
 
@@ -337,8 +357,10 @@ impl Remote {
         let mut last = String::new();
         for _ in 0..PUT_ATTEMPTS {
             tried.push(peer);
+            let (renew, cancel) = self.vault.lease_secrets(&frag.id, &peer_bytes(&peer));
             let req = Request::Put {
                 id: frag.id,
+                lease: LeaseTerms::new(&renew, &cancel, self.lease_secs),
                 data: data.clone(),
             };
             match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
@@ -386,6 +408,98 @@ impl Remote {
             }
         }
         Err(last)
+    }
+
+    /// Renews every fragment's lease every third of the lease time.
+    async fn renew_loop(self: Arc<Self>) {
+        let every = Duration::from_secs((self.lease_secs / 3).max(1) as u64);
+        loop {
+            tokio::time::sleep(every).await;
+            let vault = self.vault.clone();
+            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
+                continue;
+            };
+            let mut by_peer: std::collections::HashMap<Vec<u8>, Vec<FragmentId>> =
+                Default::default();
+            for (_, p) in all {
+                for f in p.fragments {
+                    by_peer.entry(f.peer).or_default().push(f.id);
+                }
+            }
+            for (peer_b, ids) in by_peer {
+                let Ok(peer) = PeerId::from_bytes(&peer_b) else {
+                    continue;
+                };
+                for chunk in ids.chunks(LEASE_BATCH) {
+                    let items = chunk
+                        .iter()
+                        .map(|id| (*id, self.vault.lease_secrets(id, &peer_b).0))
+                        .collect();
+                    let req = Request::Renew {
+                        secs: self.lease_secs,
+                        items,
+                    };
+                    match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                        Ok(Ok(Response::Has(ok))) => {
+                            let lost = ok.iter().filter(|x| !**x).count();
+                            if lost > 0 {
+                                tracing::warn!(%peer, "{lost} leases could not be renewed (fragments gone)");
+                            }
+                        }
+                        Ok(Ok(other)) => tracing::warn!(%peer, "renewing leases: {other:?}"),
+                        Ok(Err(e)) => tracing::debug!(%peer, "renewing leases: {e}"),
+                        Err(_) => tracing::debug!(%peer, "renewing leases timed out"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancels the leases of fragments whose objects were deleted, so the
+    /// space returns to the peers' donations.
+    async fn cancel_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let vault = self.vault.clone();
+            let Ok(Ok(items)) =
+                tokio::task::spawn_blocking(move || vault.released(4 * LEASE_BATCH)).await
+            else {
+                continue;
+            };
+            if items.is_empty() {
+                continue;
+            }
+            let mut by_peer: std::collections::HashMap<Vec<u8>, Vec<FragmentId>> =
+                Default::default();
+            for (id, peer) in items {
+                by_peer.entry(peer).or_default().push(id);
+            }
+            for (peer_b, ids) in by_peer {
+                let Ok(peer) = PeerId::from_bytes(&peer_b) else {
+                    let junk: Vec<_> = ids.iter().map(|id| (*id, peer_b.clone())).collect();
+                    let _ = self.vault.forget_released(&junk);
+                    continue;
+                };
+                for chunk in ids.chunks(LEASE_BATCH) {
+                    let items = chunk
+                        .iter()
+                        .map(|id| (*id, self.vault.lease_secrets(id, &peer_b).1))
+                        .collect();
+                    let req = Request::Cancel { items };
+                    match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                        Ok(Ok(Response::Has(_))) => {
+                            let done: Vec<_> =
+                                chunk.iter().map(|id| (*id, peer_b.clone())).collect();
+                            if let Err(e) = self.vault.forget_released(&done) {
+                                tracing::warn!("forgetting cancelled leases: {e}");
+                            }
+                        }
+                        // Unreachable: try again later (or the lease expires).
+                        _ => break,
+                    }
+                }
+            }
+        }
     }
 
     /// Redundancy of every placed object, by which holders are connected.

@@ -52,12 +52,15 @@ pub enum Cf {
     Placements,
     /// object id -> size: local copies of objects safely on peers, evictable.
     Cached,
+    /// fragment id ++ peer id -> nothing: fragments of deleted objects whose
+    /// leases are still to be cancelled on their peers.
+    Released,
     /// fragment id -> length: the fragments a node stores for others (the
     /// bytes are objects: inline in `Blobs` or files).
     Fragments,
 }
 
-const VAULT_CFS: [Cf; 11] = [
+const VAULT_CFS: [Cf; 12] = [
     Cf::Inodes,
     Cf::Dirents,
     Cf::Chunks,
@@ -69,6 +72,7 @@ const VAULT_CFS: [Cf; 11] = [
     Cf::Uploads,
     Cf::Placements,
     Cf::Cached,
+    Cf::Released,
 ];
 
 const NODE_CFS: [Cf; 3] = [Cf::Fragments, Cf::Blobs, Cf::Meta];
@@ -88,6 +92,7 @@ impl Cf {
             Cf::Uploads => "uploads",
             Cf::Placements => "placements",
             Cf::Cached => "cached",
+            Cf::Released => "released",
             Cf::Fragments => "fragments",
         }
     }

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub donate: u64,
     /// What any peer may store here beyond what it stores for this node.
     pub grace: u64,
+    /// How often expired fragments are deleted.
+    pub gc_interval: Duration,
     pub mdns: bool,
     /// Address for the Prometheus endpoint (served by the daemon, not here).
     pub metrics: Option<String>,
@@ -89,6 +91,7 @@ impl NodeConfig {
             peers: Vec::new(),
             donate,
             grace: DEFAULT_GRACE,
+            gc_interval: Duration::from_secs(600),
             mdns: false,
             metrics: None,
             fault: None,
@@ -306,6 +309,7 @@ impl NodeHandle {
             credits: RwLock::new(HashMap::new()),
             fault: cfg.fault,
         });
+        let shared_frags = Arc::downgrade(&shared.frags);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let handle = NodeHandle {
             shared: shared.clone(),
@@ -320,6 +324,7 @@ impl NodeHandle {
             bootstrap: cfg.peers.clone(),
         };
         tokio::spawn(driver.run());
+        tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
         for addr in &cfg.peers {
             handle.dial(addr.clone());
         }
@@ -441,6 +446,24 @@ impl NodeHandle {
 
     pub fn counters(&self) -> &NodeCounters {
         &self.shared.counters
+    }
+}
+
+/// Deletes fragments whose lease ran out, every `every`, until the node's
+/// store is gone.
+async fn collect_expired(frags: std::sync::Weak<FragmentStore>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(f) = frags.upgrade() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || f.expire()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!("deleted {n} fragments whose lease ran out"),
+            Ok(Err(e)) => tracing::error!("deleting expired fragments: {e}"),
+            _ => {}
+        }
     }
 }
 
@@ -696,7 +719,7 @@ impl Driver {
         tokio::task::spawn_blocking(move || {
             let c = &shared.counters;
             let resp = match req {
-                Request::Put { id, data } => {
+                Request::Put { id, lease, data } => {
                     let gives = shared
                         .credits
                         .read()
@@ -704,7 +727,10 @@ impl Driver {
                         .get(&peer)
                         .copied()
                         .unwrap_or(0);
-                    match shared.frags.put(&id, &data, &peer.to_bytes(), gives) {
+                    match shared
+                        .frags
+                        .put(&id, &data, &peer.to_bytes(), gives, &lease)
+                    {
                         Ok(PutOutcome::Stored) => {
                             c.fragments_stored.fetch_add(1, Ordering::Relaxed);
                             c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -737,6 +763,14 @@ impl Driver {
                         Response::Fragment(data.into())
                     }
                     Ok(None) => Response::NotFound,
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
+                Request::Renew { secs, items } => match shared.frags.renew(&items, secs) {
+                    Ok(v) => Response::Has(v),
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
+                Request::Cancel { items } => match shared.frags.cancel(&items) {
+                    Ok(v) => Response::Has(v),
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),
                 },
                 Request::Has { ids } => match shared.frags.has(&ids) {

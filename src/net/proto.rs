@@ -24,13 +24,58 @@ pub const MAX_HAS: usize = 4096;
 /// Longest reason text in a refusal.
 const MAX_REASON: usize = 1024;
 
+/// A lease as the storing peer sees it: hashes of the owner's secrets and
+/// a duration. Renewing or cancelling needs the secret itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTerms {
+    pub renew_hash: [u8; 32],
+    pub cancel_hash: [u8; 32],
+    pub secs: u32,
+}
+
+impl LeaseTerms {
+    /// Terms for the owner's secrets.
+    pub fn new(renew: &[u8; 32], cancel: &[u8; 32], secs: u32) -> Self {
+        LeaseTerms {
+            renew_hash: *blake3::hash(renew).as_bytes(),
+            cancel_hash: *blake3::hash(cancel).as_bytes(),
+            secs,
+        }
+    }
+}
+
+fn take_items(rest: &[u8]) -> io::Result<Vec<(FragmentId, [u8; 32])>> {
+    if rest.len() % 64 != 0 || rest.len() / 64 > MAX_HAS {
+        return Err(invalid("bad lease list"));
+    }
+    Ok(rest
+        .chunks_exact(64)
+        .map(|c| {
+            (
+                FragmentId(c[..32].try_into().expect("32 bytes")),
+                c[32..].try_into().expect("32 bytes"),
+            )
+        })
+        .collect())
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub enum Request {
     /// Store a fragment under its id (BLAKE3 of the bytes, checked).
     /// `Bytes`: retries and the codec share the buffer instead of copying.
     Put {
         id: FragmentId,
+        lease: LeaseTerms,
         data: Bytes,
+    },
+    /// Extend leases: each fragment with its renew secret.
+    Renew {
+        secs: u32,
+        items: Vec<(FragmentId, [u8; 32])>,
+    },
+    /// End leases (the fragments are deleted): each with its cancel secret.
+    Cancel {
+        items: Vec<(FragmentId, [u8; 32])>,
     },
     Get {
         id: FragmentId,
@@ -44,7 +89,9 @@ pub enum Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Put { id, data } => write!(f, "Put({id}, {}B)", data.len()),
+            Request::Put { id, data, .. } => write!(f, "Put({id}, {}B)", data.len()),
+            Request::Renew { items, .. } => write!(f, "Renew({} leases)", items.len()),
+            Request::Cancel { items } => write!(f, "Cancel({} leases)", items.len()),
             Request::Get { id } => write!(f, "Get({id})"),
             Request::Has { ids } => write!(f, "Has({} ids)", ids.len()),
             Request::Capacity => write!(f, "Capacity"),
@@ -114,10 +161,28 @@ impl Request {
     pub fn encode(&self) -> (Vec<u8>, Bytes) {
         let mut out = Vec::new();
         match self {
-            Request::Put { id, data } => {
+            Request::Put { id, lease, data } => {
                 out.push(1);
                 out.extend_from_slice(&id.0);
+                out.extend_from_slice(&lease.renew_hash);
+                out.extend_from_slice(&lease.cancel_hash);
+                out.extend_from_slice(&lease.secs.to_be_bytes());
                 return (out, data.clone());
+            }
+            Request::Renew { secs, items } => {
+                out.push(5);
+                out.extend_from_slice(&secs.to_be_bytes());
+                for (id, s) in items {
+                    out.extend_from_slice(&id.0);
+                    out.extend_from_slice(s);
+                }
+            }
+            Request::Cancel { items } => {
+                out.push(6);
+                for (id, s) in items {
+                    out.extend_from_slice(&id.0);
+                    out.extend_from_slice(s);
+                }
             }
             Request::Get { id } => {
                 out.push(2);
@@ -139,15 +204,37 @@ impl Request {
         let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty request"))?;
         match tag {
             1 => {
-                let (id, data) = take_id(rest)?;
-                if data.len() > MAX_FRAGMENT {
+                let (id, rest) = take_id(rest)?;
+                if rest.len() < 68 {
+                    return Err(invalid("truncated lease terms"));
+                }
+                let lease = LeaseTerms {
+                    renew_hash: rest[..32].try_into().expect("32 bytes"),
+                    cancel_hash: rest[32..64].try_into().expect("32 bytes"),
+                    secs: u32::from_be_bytes(rest[64..68].try_into().expect("4 bytes")),
+                };
+                if rest.len() - 68 > MAX_FRAGMENT {
                     return Err(invalid("fragment over the size limit"));
                 }
                 Ok(Request::Put {
                     id,
-                    data: Bytes::from(body).slice(33..),
+                    lease,
+                    data: Bytes::from(body).slice(1 + 32 + 68..),
                 })
             }
+            5 => {
+                if rest.len() < 4 {
+                    return Err(invalid("truncated RENEW"));
+                }
+                let secs = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+                Ok(Request::Renew {
+                    secs,
+                    items: take_items(&rest[4..])?,
+                })
+            }
+            6 => Ok(Request::Cancel {
+                items: take_items(rest)?,
+            }),
             2 => {
                 let (id, rest) = take_id(rest)?;
                 if !rest.is_empty() {
@@ -346,7 +433,15 @@ mod tests {
         let id = FragmentId([7; 32]);
         roundtrip_req(Request::Put {
             id,
+            lease: LeaseTerms::new(&[1; 32], &[2; 32], 60),
             data: Bytes::from_static(&[1, 2, 3]),
+        });
+        roundtrip_req(Request::Renew {
+            secs: 9,
+            items: vec![(id, [3; 32]), (id, [4; 32])],
+        });
+        roundtrip_req(Request::Cancel {
+            items: vec![(id, [5; 32])],
         });
         roundtrip_req(Request::Get { id });
         roundtrip_req(Request::Has { ids: vec![id, id] });

@@ -15,6 +15,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::coder::FragmentId;
 
 /// Gets an object's sealed bytes from peers (implemented by `remote`).
 pub trait Fetcher: Send + Sync {
@@ -125,6 +126,11 @@ impl Vault {
             inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
             inner.uploads.bytes = inner.uploads.bytes.saturating_sub(size);
         }
+        // Its fragments' leases are cancelled in the background.
+        let placement: Option<Placement> = self.get_record(Cf::Placements, &id.0, "placement")?;
+        for f in placement.iter().flat_map(|p| &p.fragments) {
+            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+        }
         batch.delete(Cf::Placements, id.0.to_vec());
         batch.delete(Cf::Cached, id.0.to_vec());
         let mut cache = self.disk_cache();
@@ -220,6 +226,36 @@ impl Vault {
             ));
         }
         Ok(out)
+    }
+
+    /// The renew and cancel secrets of a fragment's lease on `peer`.
+    pub fn lease_secrets(&self, fragment: &FragmentId, peer: &[u8]) -> ([u8; 32], [u8; 32]) {
+        self.keys.lease_secrets(&fragment.0, peer)
+    }
+
+    /// Fragments of deleted objects whose leases still need cancelling.
+    pub fn released(&self, limit: usize) -> Result<Vec<(FragmentId, Vec<u8>)>> {
+        Ok(self
+            .store
+            .scan(Cf::Released, &[], limit)?
+            .into_iter()
+            .filter(|(k, _)| k.len() > 32)
+            .map(|(k, _)| {
+                (
+                    FragmentId(k[..32].try_into().expect("32 bytes")),
+                    k[32..].to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    /// Forgets released fragments once their leases are cancelled.
+    pub fn forget_released(&self, items: &[(FragmentId, Vec<u8>)]) -> Result<()> {
+        let mut b = Batch::default();
+        for (id, peer) in items {
+            b.delete(Cf::Released, [&id.0[..], peer].concat());
+        }
+        Ok(self.store.write(b)?)
     }
 
     /// Bytes of synced objects kept on local disk.

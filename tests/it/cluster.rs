@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use drizzle::coder;
 use drizzle::crypto::{ObjectId, VaultKeys};
-use drizzle::net::proto::{Request, Response};
+use drizzle::net::proto::{LeaseTerms, Request, Response};
 use drizzle::net::{Fault, Multiaddr, NodeConfig, NodeHandle, PeerId};
 use drizzle::remote::{fetch_object, Remote};
 use drizzle::vault::records::{FragmentLoc, Placement};
@@ -165,6 +165,7 @@ async fn place_on(vnode: &NodeHandle, holders: &[PeerId], object: &[u8], k: u32)
             .request(
                 *peer,
                 Request::Put {
+                    lease: LeaseTerms::new(&[1; 32], &[2; 32], 3600),
                     id: f.id,
                     data: f.bytes.clone().into(),
                 },
@@ -267,6 +268,7 @@ fn full_nodes_refuse_and_uploads_go_elsewhere() {
         .block_on(nodes[1].request(
             nodes[0].peer_id(),
             Request::Put {
+                lease: LeaseTerms::new(&[1; 32], &[2; 32], 3600),
                 id: frag.id,
                 data: frag.bytes.clone().into(),
             },
@@ -281,6 +283,7 @@ fn full_nodes_refuse_and_uploads_go_elsewhere() {
         .block_on(nodes[1].request(
             nodes[2].peer_id(),
             Request::Put {
+                lease: LeaseTerms::new(&[1; 32], &[2; 32], 3600),
                 id: coder::FragmentId([0; 32]),
                 data: frag.bytes.clone().into(),
             },
@@ -490,6 +493,7 @@ fn nodes_talk_over_quic() {
             .request(
                 target,
                 Request::Put {
+                    lease: LeaseTerms::new(&[1; 32], &[2; 32], 3600),
                     id: frag.id,
                     data: frag.bytes.clone().into(),
                 },

@@ -248,3 +248,49 @@ fn a_free_rider_is_refused_after_its_grace() {
     d.umount();
     node.kill();
 }
+
+/// Leases: deleting files cancels their fragments' leases and the space
+/// returns to the nodes; a vault that stops renewing has its fragments
+/// expire.
+#[test]
+fn deleted_files_free_space_and_unrenewed_leases_expire() {
+    let mut node = Node::start_with("1G", &[], &["--gc-secs", "1"]);
+    let mut d = Drive::init_with("leases", &["--k", "1", "--n", "1"]);
+    peer_args(&mut d, std::slice::from_ref(&node), None);
+    d.mount_args.extend(["--lease-secs".into(), "4".into()]);
+    d.mount();
+    std::fs::write(d.p("keep"), pattern(1 << 20, 1)).unwrap();
+    std::fs::write(d.p("drop"), pattern(2 << 20, 2)).unwrap();
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = |n: &Node| n.status()["stored_for_others_bytes"].as_u64().unwrap();
+    let full = stored(&node);
+    assert!(full > 3 << 20, "{full}");
+    std::fs::remove_file(d.p("drop")).unwrap();
+    d.sync();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "timed out: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait("cancelled space to return", &|| {
+        stored(&node) < full - (2 << 20)
+    });
+    // Leases of 4 s live on while the vault renews them...
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert!(stored(&node) > 1 << 20, "a renewed lease expired");
+    assert_eq!(std::fs::read(d.p("keep")).unwrap(), pattern(1 << 20, 1));
+    // ...and end once it stops.
+    d.umount();
+    wait("unrenewed fragments to expire", &|| stored(&node) == 0);
+    node.kill();
+}
