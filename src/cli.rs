@@ -141,6 +141,13 @@ pub struct MountNetArgs {
     /// days; renewed every third of it while the vault is mounted).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub lease_secs: Option<u32>,
+    /// A fragment holder gone this long counts as lost and its fragments
+    /// are rebuilt on other peers, in seconds (default 600).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub lost_after_secs: Option<u64>,
+    /// Seconds between checks for lost holders (default 60).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub repair_every_secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -637,6 +644,8 @@ fn mount(
         cache,
         starter,
         lease_secs: opts.lease_secs.unwrap_or(crate::remote::DEFAULT_LEASE_SECS),
+        lost_after: opts.lost_after_secs,
+        repair_every: opts.repair_every_secs,
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -687,6 +696,12 @@ fn mount(
     if let Some(l) = opts.lease_secs {
         child_args.extend(["--lease-secs".into(), l.to_string()]);
     }
+    if let Some(l) = opts.lost_after_secs {
+        child_args.extend(["--lost-after-secs".into(), l.to_string()]);
+    }
+    if let Some(l) = opts.repair_every_secs {
+        child_args.extend(["--repair-every-secs".into(), l.to_string()]);
+    }
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -701,6 +716,10 @@ pub struct MountSetup {
     pub starter: u64,
     /// Lease time asked of peers.
     pub lease_secs: u32,
+    /// Seconds before a gone holder counts as lost.
+    pub lost_after: Option<u64>,
+    /// Seconds between repair passes.
+    pub repair_every: Option<u64>,
 }
 
 fn mount_foreground(
@@ -728,11 +747,17 @@ fn mount_foreground(
             return Err(e);
         }
     };
+    let mut remote = crate::remote::RemoteConfig::new(cfg.k, cfg.n);
+    remote.lease_secs = setup.lease_secs;
+    if let Some(s) = setup.lost_after {
+        remote.lost_after = Duration::from_secs(s);
+    }
+    if let Some(s) = setup.repair_every {
+        remote.repair_every = Duration::from_secs(s.max(1));
+    }
     let net = daemon::NetSetup {
         node: setup.node,
-        k: cfg.k,
-        n: cfg.n,
-        lease_secs: setup.lease_secs,
+        remote,
     };
     daemon::run_mount(vault, data_dir, mountpoint, net, ready)
 }

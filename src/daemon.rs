@@ -279,10 +279,7 @@ fn unescape_mount_field(s: &str) -> String {
 /// The network part of a mount: the node to run and the vault's coding.
 pub struct NetSetup {
     pub node: NodeConfig,
-    pub k: u32,
-    pub n: u32,
-    /// Lease time asked of peers for each fragment.
-    pub lease_secs: u32,
+    pub remote: crate::remote::RemoteConfig,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -401,8 +398,7 @@ async fn serve(
             return Err(e);
         }
     };
-    let remote =
-        Remote::start_with_leases(vault.clone(), node.clone(), net.k, net.n, net.lease_secs);
+    let remote = Remote::start_with(vault.clone(), node.clone(), net.remote);
     let (ended_tx, mut ended_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("drizzle-fuse".into())

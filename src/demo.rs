@@ -87,9 +87,7 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     node_cfg.peers = nodes[0].listen_addrs();
     let net = NetSetup {
         node: node_cfg,
-        k: K,
-        n: N,
-        lease_secs: crate::remote::DEFAULT_LEASE_SECS,
+        remote: crate::remote::RemoteConfig::new(K, N),
     };
 
     let v2 = vault.clone();

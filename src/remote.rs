@@ -74,6 +74,8 @@ struct UploadState {
     last_error: Option<String>,
     uploaded_bytes: u64,
     in_flight: HashSet<ObjectId>,
+    /// Objects repaired since start.
+    repaired: u64,
     /// The last reason a peer gave for refusing a fragment.
     last_refusal: Option<String>,
     /// (when, uploaded_bytes) over the last seconds, for the rate.
@@ -84,6 +86,8 @@ struct UploadState {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct UploadActivity {
     pub uploads_in_flight: u64,
+    /// Objects whose lost fragments were rebuilt since the mount.
+    pub repaired_objects: u64,
     /// Bytes per second over the last ten seconds.
     pub upload_rate: f64,
 }
@@ -98,6 +102,37 @@ pub struct Remote {
     wake: tokio::sync::Notify,
     started: Instant,
     lease_secs: u32,
+    cfg: RemoteConfig,
+}
+
+/// Tunables of the network side of a vault.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteConfig {
+    pub k: u32,
+    pub n: u32,
+    /// Lease time asked of peers (renewed every third of it).
+    pub lease_secs: u32,
+    /// A holder disconnected this long counts as lost; its fragments are
+    /// rebuilt elsewhere. Peers that come back keep theirs until the
+    /// leases lapse.
+    pub lost_after: Duration,
+    /// How often placements are checked for lost holders.
+    pub repair_every: Duration,
+    /// Bytes per second repair may fetch and upload, on average.
+    pub repair_rate: u64,
+}
+
+impl RemoteConfig {
+    pub fn new(k: u32, n: u32) -> Self {
+        RemoteConfig {
+            k,
+            n,
+            lease_secs: DEFAULT_LEASE_SECS,
+            lost_after: Duration::from_secs(600),
+            repair_every: Duration::from_secs(60),
+            repair_rate: 32 << 20,
+        }
+    }
 }
 
 fn peer_bytes(p: &PeerId) -> Vec<u8> {
@@ -108,18 +143,14 @@ impl Remote {
     /// Connects a vault to a running node: reads can now fetch from peers
     /// and the uploader starts on the current runtime.
     pub fn start(vault: Arc<Vault>, node: NodeHandle, k: u32, n: u32) -> Arc<Remote> {
-        Self::start_with_leases(vault, node, k, n, DEFAULT_LEASE_SECS)
+        Self::start_with(vault, node, RemoteConfig::new(k, n))
     }
 
-    /// Like [`start`](Self::start), asking peers for leases of `lease_secs`
-    /// (renewed every third of that).
-    pub fn start_with_leases(
-        vault: Arc<Vault>,
-        node: NodeHandle,
-        k: u32,
-        n: u32,
-        lease_secs: u32,
-    ) -> Arc<Remote> {
+    /// Like [`start`](Self::start), with leases and repair tuned.
+    pub fn start_with(vault: Arc<Vault>, node: NodeHandle, cfg: RemoteConfig) -> Arc<Remote> {
+        let RemoteConfig {
+            k, n, lease_secs, ..
+        } = cfg;
         let remote = Arc::new(Remote {
             vault: vault.clone(),
             node: node.clone(),
@@ -129,6 +160,7 @@ impl Remote {
             wake: tokio::sync::Notify::new(),
             started: Instant::now(),
             lease_secs: lease_secs.max(1),
+            cfg,
         });
         // What this vault already stores on each peer counts in the ledger.
         match vault.placements() {
@@ -152,6 +184,7 @@ impl Remote {
         tokio::spawn(remote.clone().upload_loop());
         tokio::spawn(remote.clone().renew_loop());
         tokio::spawn(remote.clone().cancel_loop());
+        tokio::spawn(remote.clone().repair_loop());
         remote
     }
 
@@ -181,6 +214,7 @@ impl Remote {
         };
         UploadActivity {
             uploads_in_flight: st.in_flight.len() as u64,
+            repaired_objects: st.repaired,
             upload_rate: rate,
         }
     }
@@ -500,6 +534,128 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// True if `peer` is gone for longer than `lost_after` (a peer never seen
+    /// since start counts from the start).
+    fn is_lost(
+        &self,
+        peer: &[u8],
+        peers: &std::collections::HashMap<PeerId, crate::net::PeerInfo>,
+    ) -> bool {
+        let Ok(id) = PeerId::from_bytes(peer) else {
+            return true;
+        };
+        match peers.get(&id) {
+            Some(p) if p.connected() => false,
+            Some(p) => p.last_seen.elapsed() > self.cfg.lost_after,
+            None => self.started.elapsed() > self.cfg.lost_after,
+        }
+    }
+
+    /// Rebuilds the fragments of lost holders on other peers, from fresh
+    /// encoding symbols, within the repair bandwidth limit.
+    async fn repair_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.cfg.repair_every).await;
+            let vault = self.vault.clone();
+            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
+                continue;
+            };
+            for (id, p) in all {
+                let peers = self.node.peers();
+                let lost: Vec<&FragmentLoc> = p
+                    .fragments
+                    .iter()
+                    .filter(|f| self.is_lost(&f.peer, &peers))
+                    .collect();
+                if lost.is_empty() {
+                    continue;
+                }
+                let started = Instant::now();
+                match self.repair_one(&id, &p).await {
+                    Ok(bytes) => {
+                        self.state().repaired += 1;
+                        tracing::info!(object = %id, "repaired {} lost fragments", lost.len());
+                        // Average the repair traffic down to the limit.
+                        let min = Duration::from_secs_f64(
+                            bytes as f64 / self.cfg.repair_rate.max(1) as f64,
+                        );
+                        if let Some(rest) = min.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(rest).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(object = %id, "repair failed (will retry): {e}"),
+                }
+            }
+        }
+    }
+
+    /// Repairs one object; returns the bytes moved.
+    async fn repair_one(&self, id: &ObjectId, old: &Placement) -> Result<u64, String> {
+        let peers = self.node.peers();
+        let (lost, live): (Vec<FragmentLoc>, Vec<FragmentLoc>) = old
+            .fragments
+            .iter()
+            .cloned()
+            .partition(|f| self.is_lost(&f.peer, &peers));
+        let vault = self.vault.clone();
+        let oid = *id;
+        let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let object = match local {
+            Some(b) => b,
+            None => fetch_object(&self.node, id, old).await?,
+        };
+        let moved = object.len() as u64;
+        let m = lost.len() as u32;
+        let k = old.k;
+        let first = old.next_index;
+        let frags =
+            tokio::task::spawn_blocking(move || coder::encode(&object, k, first..first + m))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
+        let holders: Vec<PeerId> = live
+            .iter()
+            .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
+            .collect();
+        let mut cands = self.candidates(&holders);
+        cands.retain(|c| !lost.iter().any(|l| l.peer == peer_bytes(&c.peer)));
+        let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
+            format!(
+                "no peer outside this object's holders has room ({} candidates)",
+                cands.len()
+            )
+        })?;
+        let puts = frags
+            .into_iter()
+            .zip(targets)
+            .map(|(f, p)| self.put_fragment(f, p));
+        let fresh = futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let new = Placement {
+            len: old.len,
+            k: old.k,
+            fragments: live.into_iter().chain(fresh).collect(),
+            next_index: first + m,
+        };
+        let vault = self.vault.clone();
+        let (oid, old2) = (*id, old.clone());
+        let replaced =
+            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new, &lost))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        if !replaced {
+            return Err("the object changed while it was repaired".into());
+        }
+        Ok(moved + frag_len * m as u64)
     }
 
     /// Redundancy of every placed object, by which holders are connected.

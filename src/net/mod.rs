@@ -519,6 +519,11 @@ impl Driver {
                 let _ = self.swarm.dial(addr);
             }
         }
+        // Small networks: look for new peers every tick, so nodes that join
+        // later (repair targets) are found within seconds, not minutes.
+        if connected.len() < 50 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
         for peer in connected {
             let id = self
                 .swarm

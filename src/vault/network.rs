@@ -228,6 +228,28 @@ impl Vault {
         Ok(out)
     }
 
+    /// Swaps an object's placement after repair, if it is still `old`; the
+    /// `lost` fragments' leases are queued for cancelling.
+    pub fn replace_placement(
+        &self,
+        id: &ObjectId,
+        old: &Placement,
+        new: &Placement,
+        lost: &[FragmentLoc],
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        if self.placement(id)?.as_ref() != Some(old) {
+            return Ok(false);
+        }
+        let mut batch = Txn::default();
+        self.put_record(&mut batch, Cf::Placements, &id.0, new);
+        for f in lost {
+            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+        }
+        self.commit(&mut inner, batch)?;
+        Ok(true)
+    }
+
     /// The renew and cancel secrets of a fragment's lease on `peer`.
     pub fn lease_secrets(&self, fragment: &FragmentId, peer: &[u8]) -> ([u8; 32], [u8; 32]) {
         self.keys.lease_secrets(&fragment.0, peer)

@@ -294,3 +294,70 @@ fn deleted_files_free_space_and_unrenewed_leases_expire() {
     wait("unrenewed fragments to expire", &|| stored(&node) == 0);
     node.kill();
 }
+
+/// Repair: lose n - k holders, start new nodes, watch redundancy come back
+/// from fresh fragments, then lose the original survivors too and still
+/// read everything.
+#[test]
+fn repair_restores_redundancy_on_new_nodes() {
+    let first = Node::start("1G", &[]);
+    let mut nodes = vec![first];
+    for _ in 0..3 {
+        let a = nodes[0].addr.clone();
+        nodes.push(Node::start("1G", &[&a]));
+    }
+    let mut d = Drive::init_with("repair", &["--k", "2", "--n", "4"]);
+    peer_args(&mut d, &nodes, None);
+    d.mount_args
+        .extend(["--lost-after-secs", "3", "--repair-every-secs", "1"].map(String::from));
+    d.mount();
+    let src = d.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), pattern((5 << 20) + 3, 7)).unwrap();
+    std::fs::write(src.join("small"), b"tiny but precious").unwrap();
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(src.join("."))
+        .arg(&d.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    nodes[0].kill();
+    nodes[1].kill();
+    let survivor = nodes[2].addr.clone();
+    let fresh = [
+        Node::start("1G", &[&survivor]),
+        Node::start("1G", &[&survivor]),
+    ];
+    let start = std::time::Instant::now();
+    loop {
+        let st = d.status();
+        if st["healthy"] == st["objects"] && st["repaired_objects"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "repair did not restore redundancy: {st}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The fresh nodes now hold what the lost ones did.
+    for n in &fresh {
+        assert!(n.status()["fragments_held"].as_u64().unwrap() > 0);
+    }
+    d.umount();
+    nodes[2].kill();
+    nodes[3].kill();
+    peer_args(&mut d, &fresh, Some("0"));
+    d.mount();
+    assert_same_tree(&src, &d.mnt);
+    d.umount();
+}
