@@ -947,6 +947,12 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
             h.degraded,
             h.lost
         );
+        if sy.activity.repaired_objects > 0 {
+            println!(
+                "            {} objects repaired since the mount (lost or failed holders)",
+                sy.activity.repaired_objects
+            );
+        }
         if h.crowded > 0 {
             println!(
                 "            {} objects share peers: fewer than {} storage peers were available",

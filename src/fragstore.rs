@@ -246,9 +246,14 @@ impl FragmentStore {
         self.store.read_object(&ObjectId(id.0))
     }
 
+    /// Whether each fragment is here: indexed and its bytes present (an
+    /// audit must notice a fragment whose file was lost).
     pub fn has(&self, ids: &[FragmentId]) -> Result<Vec<bool>, StoreError> {
         ids.iter()
-            .map(|id| Ok(self.store.get(Cf::Fragments, &id.0)?.is_some()))
+            .map(|id| {
+                Ok(self.store.get(Cf::Fragments, &id.0)?.is_some()
+                    && self.store.has_object(&ObjectId(id.0))?)
+            })
             .collect()
     }
 

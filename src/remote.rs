@@ -76,6 +76,8 @@ struct UploadState {
     in_flight: HashSet<ObjectId>,
     /// Objects repaired since start.
     repaired: u64,
+    /// Fragments the last audit found missing on connected holders.
+    missing: HashSet<(Vec<u8>, FragmentId)>,
     /// The last reason a peer gave for refusing a fragment.
     last_refusal: Option<String>,
     /// (when, uploaded_bytes) over the last seconds, for the rate.
@@ -562,12 +564,14 @@ impl Remote {
             let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
                 continue;
             };
+            let missing = self.audit(&all).await;
+            self.state().missing = missing;
             for (id, p) in all {
                 let peers = self.node.peers();
                 let lost: Vec<&FragmentLoc> = p
                     .fragments
                     .iter()
-                    .filter(|f| self.is_lost(&f.peer, &peers))
+                    .filter(|f| self.gone(f, &peers))
                     .collect();
                 if lost.is_empty() {
                     continue;
@@ -591,6 +595,58 @@ impl Remote {
         }
     }
 
+    /// Asks every connected holder whether it still has its fragments
+    /// (HAS checks the bytes, not just the index); returns those missing.
+    async fn audit(&self, all: &[(ObjectId, Placement)]) -> HashSet<(Vec<u8>, FragmentId)> {
+        let mut by_peer: std::collections::HashMap<&Vec<u8>, Vec<FragmentId>> = Default::default();
+        for (_, p) in all {
+            for f in &p.fragments {
+                by_peer.entry(&f.peer).or_default().push(f.id);
+            }
+        }
+        let mut missing = HashSet::new();
+        for (peer_b, ids) in by_peer {
+            let Ok(peer) = PeerId::from_bytes(peer_b) else {
+                continue;
+            };
+            if !self.node.is_connected(&peer) {
+                continue;
+            }
+            for chunk in ids.chunks(crate::net::proto::MAX_HAS) {
+                let req = Request::Has {
+                    ids: chunk.to_vec(),
+                };
+                if let Ok(Ok(Response::Has(v))) =
+                    tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await
+                {
+                    let lost: Vec<_> = chunk
+                        .iter()
+                        .zip(v.iter().chain(std::iter::repeat(&false)))
+                        .filter(|(_, has)| !**has)
+                        .map(|(id, _)| (peer_b.clone(), *id))
+                        .collect();
+                    if !lost.is_empty() {
+                        self.node.strike(
+                            &peer,
+                            &format!("lost {} fragments it had stored", lost.len()),
+                        );
+                    }
+                    missing.extend(lost);
+                }
+            }
+        }
+        missing
+    }
+
+    /// A fragment to rebuild: its holder is lost, or failed the last audit.
+    fn gone(
+        &self,
+        f: &FragmentLoc,
+        peers: &std::collections::HashMap<PeerId, crate::net::PeerInfo>,
+    ) -> bool {
+        self.is_lost(&f.peer, peers) || self.state().missing.contains(&(f.peer.clone(), f.id))
+    }
+
     /// Repairs one object; returns the bytes moved.
     async fn repair_one(&self, id: &ObjectId, old: &Placement) -> Result<u64, String> {
         let peers = self.node.peers();
@@ -598,7 +654,7 @@ impl Remote {
             .fragments
             .iter()
             .cloned()
-            .partition(|f| self.is_lost(&f.peer, &peers));
+            .partition(|f| self.gone(f, &peers));
         let vault = self.vault.clone();
         let oid = *id;
         let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))

@@ -303,6 +303,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether an object's bytes are here (inline, or its file exists).
+    pub fn has_object(&self, id: &ObjectId) -> Result<bool, StoreError> {
+        Ok(self.get(Cf::Blobs, &id.0)?.is_some() || self.object_path(id).exists())
+    }
+
     /// Reads a sealed object, inline or from its file. `None` if absent.
     pub fn read_object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.get(Cf::Blobs, &id.0)? {

@@ -509,3 +509,67 @@ fn nodes_talk_over_quic() {
     assert_eq!(put, Response::Stored);
     assert_eq!(get, Response::Fragment(frag.bytes.into()));
 }
+
+/// Audits: a holder that silently lost fragment bytes is caught by HAS
+/// (which checks the bytes) and the fragments are rebuilt elsewhere.
+#[test]
+fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
+    use drizzle::remote::RemoteConfig;
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 6], 1 << 30));
+    let _stop = Stopper(nodes.clone());
+    let vdir = tmp.path().join("vault");
+    std::fs::create_dir_all(&vdir).unwrap();
+    let keys = || VaultKeys::from_master(&[8u8; 32]);
+    Vault::create(&vdir, &keys(), 0, 0).unwrap();
+    let opts = VaultOptions {
+        disk_cache: 0,
+        ..Default::default()
+    };
+    let vault = Vault::open(&vdir, "audit", keys(), opts).unwrap();
+    let mut cfg = NodeConfig::new(vdir.join("node"), 0);
+    cfg.listen = vec![loopback()];
+    cfg.peers = nodes[0].listen_addrs();
+    let mut rcfg = RemoteConfig::new(2, 4);
+    rcfg.repair_every = Duration::from_secs(1);
+    let (vnode, remote) = rt.block_on(async {
+        let vnode = NodeHandle::start(cfg).await.unwrap();
+        let remote = Remote::start_with(vault.clone(), vnode.clone(), rcfg);
+        (vnode, remote)
+    });
+    let _stop_v = Stopper(vec![vnode.clone()]);
+    wait_for("peers", Duration::from_secs(30), || {
+        vnode.storage_peers().len() >= 6
+    });
+    let ino = vault
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, None)
+        .unwrap()
+        .0;
+    vault.open_file(ino).unwrap();
+    let data = pattern(4 << 20, 11);
+    vault.write(ino, 0, &data).unwrap();
+    vault.release(ino).unwrap();
+    vault.sync_all().unwrap();
+    rt.block_on(remote.wait_synced(|_| {})).unwrap();
+    // One holder loses its fragment files behind the node's back.
+    let victim = (0..nodes.len())
+        .find(|i| nodes[*i].fragment_count() > 0)
+        .unwrap();
+    let objects = tmp.path().join(format!("node-{victim}/objects"));
+    let mut removed = 0;
+    for shard in std::fs::read_dir(&objects).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0);
+    wait_for("audit and repair", Duration::from_secs(30), || {
+        remote.activity().repaired_objects > 0 && remote.health().unwrap().healthy == 1
+    });
+    assert!(vnode.peers()[&nodes[victim].peer_id()].strikes > 0);
+    vault.drop_memory_cache();
+    assert!(vault.read(ino, 0, data.len()).unwrap() == data);
+    vault.shutdown().unwrap();
+}
