@@ -40,6 +40,11 @@ const STALL: Duration = Duration::from_secs(30);
 const PUT_ATTEMPTS: usize = 4;
 /// Leases asked for when none is configured: 30 days, renewed every 10.
 pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
+/// Audit challenges precomputed per fragment (their answers are kept in the
+/// placement record, 32 bytes each).
+const AUDIT_CHALLENGES: u32 = 2;
+/// Possession proofs asked per repair pass (a random sample).
+const AUDITS_PER_PASS: usize = 32;
 /// Most leases renewed or cancelled in one request.
 const LEASE_BATCH: usize = 1024;
 /// After start, uploads wait this long for n peers to be discovered before
@@ -405,10 +410,18 @@ impl Remote {
                     self.node.add_credit(&peer, len);
                     self.node
                         .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
+                    let pb = peer_bytes(&peer);
+                    let proofs = (0..AUDIT_CHALLENGES)
+                        .map(|j| {
+                            let nonce = self.vault.audit_nonce(&frag.id, &pb, j);
+                            crate::net::proto::possession_proof(&nonce, &data)
+                        })
+                        .collect();
                     return Ok(FragmentLoc {
                         index: frag.index,
                         id: frag.id,
-                        peer: peer_bytes(&peer),
+                        peer: pb,
+                        proofs,
                     });
                 }
                 Ok(Ok(Response::Refused(why))) => {
@@ -605,6 +618,40 @@ impl Remote {
             }
         }
         let mut missing = HashSet::new();
+        // Possession proofs for a random sample: a holder that answers HAS
+        // but dropped the bytes cannot answer these.
+        let mut sample: Vec<&FragmentLoc> = all
+            .iter()
+            .flat_map(|(_, p)| &p.fragments)
+            .filter(|f| !f.proofs.is_empty())
+            .collect();
+        {
+            use rand::seq::SliceRandom;
+            sample.shuffle(&mut rand::rng());
+        }
+        for f in sample.into_iter().take(AUDITS_PER_PASS) {
+            let Ok(peer) = PeerId::from_bytes(&f.peer) else {
+                continue;
+            };
+            if !self.node.is_connected(&peer) {
+                continue;
+            }
+            let j = rand::random_range(0..f.proofs.len());
+            let nonce = self.vault.audit_nonce(&f.id, &f.peer, j as u32);
+            let req = Request::Audit { id: f.id, nonce };
+            match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                Ok(Ok(Response::Proof(p))) if p == f.proofs[j] => {}
+                Ok(Ok(Response::Proof(_))) | Ok(Ok(Response::NotFound)) => {
+                    self.node.strike(
+                        &peer,
+                        &format!("failed a possession audit of fragment {}", f.id),
+                    );
+                    missing.insert((f.peer.clone(), f.id));
+                }
+                // No answer: liveness decides (lost_after).
+                _ => {}
+            }
+        }
         for (peer_b, ids) in by_peer {
             let Ok(peer) = PeerId::from_bytes(peer_b) else {
                 continue;

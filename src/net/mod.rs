@@ -778,6 +778,11 @@ impl Driver {
                     Ok(v) => Response::Has(v),
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),
                 },
+                Request::Audit { id, nonce } => match shared.frags.get(&id) {
+                    Ok(Some(data)) => Response::Proof(proto::possession_proof(&nonce, &data)),
+                    Ok(None) => Response::NotFound,
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
                 Request::Has { ids } => match shared.frags.has(&ids) {
                     Ok(v) => Response::Has(v),
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),

@@ -80,6 +80,12 @@ pub enum Request {
     Get {
         id: FragmentId,
     },
+    /// Prove possession: BLAKE3 of the nonce and a range of the fragment
+    /// chosen by the nonce (see [`possession_proof`]).
+    Audit {
+        id: FragmentId,
+        nonce: [u8; 32],
+    },
     Has {
         ids: Vec<FragmentId>,
     },
@@ -93,6 +99,7 @@ impl std::fmt::Debug for Request {
             Request::Renew { items, .. } => write!(f, "Renew({} leases)", items.len()),
             Request::Cancel { items } => write!(f, "Cancel({} leases)", items.len()),
             Request::Get { id } => write!(f, "Get({id})"),
+            Request::Audit { id, .. } => write!(f, "Audit({id})"),
             Request::Has { ids } => write!(f, "Has({} ids)", ids.len()),
             Request::Capacity => write!(f, "Capacity"),
         }
@@ -117,6 +124,8 @@ pub enum Response {
     NotFound,
     Has(Vec<bool>),
     Capacity(Capacity),
+    /// The answer to an audit.
+    Proof([u8; 32]),
     /// The node will not store this (full, over quota): the reason says why.
     Refused(String),
     /// The request was understood but failed on the node.
@@ -131,6 +140,7 @@ impl std::fmt::Debug for Response {
             Response::NotFound => write!(f, "NotFound"),
             Response::Has(v) => write!(f, "Has({v:?})"),
             Response::Capacity(c) => write!(f, "{c:?}"),
+            Response::Proof(_) => write!(f, "Proof"),
             Response::Refused(r) => write!(f, "Refused({r})"),
             Response::Failed(r) => write!(f, "Failed({r})"),
         }
@@ -188,6 +198,11 @@ impl Request {
                 out.push(2);
                 out.extend_from_slice(&id.0);
             }
+            Request::Audit { id, nonce } => {
+                out.push(7);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(nonce);
+            }
             Request::Has { ids } => {
                 out.push(3);
                 for id in ids {
@@ -235,6 +250,10 @@ impl Request {
             6 => Ok(Request::Cancel {
                 items: take_items(rest)?,
             }),
+            7 if rest.len() == 64 => Ok(Request::Audit {
+                id: FragmentId(rest[..32].try_into().expect("32 bytes")),
+                nonce: rest[32..].try_into().expect("32 bytes"),
+            }),
             2 => {
                 let (id, rest) = take_id(rest)?;
                 if !rest.is_empty() {
@@ -272,6 +291,10 @@ impl Response {
             Response::Has(v) => {
                 out.push(4);
                 out.extend(v.iter().map(|b| *b as u8));
+            }
+            Response::Proof(p) => {
+                out.push(8);
+                out.extend_from_slice(p);
             }
             Response::Capacity(c) => {
                 out.push(5);
@@ -321,10 +344,28 @@ impl Response {
                 }))
             }
             6 => Ok(Response::Refused(reason(rest)?)),
+            8 if rest.len() == 32 => Ok(Response::Proof(rest.try_into().expect("32 bytes"))),
             7 => Ok(Response::Failed(reason(rest)?)),
             _ => Err(invalid(format!("bad response type {tag}"))),
         }
     }
+}
+
+/// Bytes of a fragment an audit covers.
+const AUDIT_RANGE: usize = 16 * 1024;
+
+/// The possession proof for `nonce`: BLAKE3 of the nonce and the
+/// `AUDIT_RANGE` bytes of the fragment at an offset the nonce picks. The
+/// owner precomputes a few while it still has the fragment; a holder can only
+/// answer by keeping the bytes.
+pub fn possession_proof(nonce: &[u8; 32], fragment: &[u8]) -> [u8; 32] {
+    let span = AUDIT_RANGE.min(fragment.len());
+    let slots = (fragment.len() - span + 1) as u64;
+    let at = (u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes")) % slots) as usize;
+    let mut h = blake3::Hasher::new();
+    h.update(nonce);
+    h.update(&fragment[at..at + span]);
+    *h.finalize().as_bytes()
 }
 
 /// Reads one length-prefixed message of at most `limit` bytes.
@@ -444,6 +485,7 @@ mod tests {
             items: vec![(id, [5; 32])],
         });
         roundtrip_req(Request::Get { id });
+        roundtrip_req(Request::Audit { id, nonce: [6; 32] });
         roundtrip_req(Request::Has { ids: vec![id, id] });
         roundtrip_req(Request::Capacity);
         for r in [
@@ -456,6 +498,7 @@ mod tests {
                 used: 2,
                 available: 3,
             }),
+            Response::Proof([8; 32]),
             Response::Refused("full".into()),
             Response::Failed("disk".into()),
         ] {

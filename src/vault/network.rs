@@ -255,6 +255,11 @@ impl Vault {
         self.keys.lease_secrets(&fragment.0, peer)
     }
 
+    /// The nonce of audit challenge `j` for a fragment on `peer`.
+    pub fn audit_nonce(&self, fragment: &FragmentId, peer: &[u8], j: u32) -> [u8; 32] {
+        self.keys.audit_nonce(&fragment.0, peer, j)
+    }
+
     /// Fragments of deleted objects whose leases still need cancelling.
     pub fn released(&self, limit: usize) -> Result<Vec<(FragmentId, Vec<u8>)>> {
         Ok(self

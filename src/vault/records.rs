@@ -144,6 +144,9 @@ pub struct FragmentLoc {
     pub id: crate::coder::FragmentId,
     /// The holder's peer id, as bytes (the vault knows no network types).
     pub peer: Vec<u8>,
+    /// Expected answers to audit challenges 0.. (computed while the vault
+    /// had the fragment).
+    pub proofs: Vec<[u8; 32]>,
 }
 
 /// Where an object's fragments are: vault metadata, never published.

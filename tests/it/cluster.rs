@@ -177,6 +177,7 @@ async fn place_on(vnode: &NodeHandle, holders: &[PeerId], object: &[u8], k: u32)
             index: f.index,
             id: f.id,
             peer: peer.to_bytes(),
+            proofs: vec![],
         });
     }
     Placement {
@@ -510,8 +511,9 @@ fn nodes_talk_over_quic() {
     assert_eq!(get, Response::Fragment(frag.bytes.into()));
 }
 
-/// Audits: a holder that silently lost fragment bytes is caught by HAS
-/// (which checks the bytes) and the fragments are rebuilt elsewhere.
+/// Audits: a holder whose fragment file vanished is caught by HAS (which
+/// checks the bytes), one whose bytes rotted by a possession proof; both
+/// fragments are rebuilt elsewhere.
 #[test]
 fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
     use drizzle::remote::RemoteConfig;
@@ -552,23 +554,34 @@ fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
     vault.release(ino).unwrap();
     vault.sync_all().unwrap();
     rt.block_on(remote.wait_synced(|_| {})).unwrap();
-    // One holder loses its fragment files behind the node's back.
-    let victim = (0..nodes.len())
-        .find(|i| nodes[*i].fragment_count() > 0)
-        .unwrap();
-    let objects = tmp.path().join(format!("node-{victim}/objects"));
-    let mut removed = 0;
-    for shard in std::fs::read_dir(&objects).unwrap() {
-        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            std::fs::remove_file(f.unwrap().path()).unwrap();
-            removed += 1;
+    // One holder loses its fragment files behind the node's back, another
+    // keeps files of the right size full of zeros.
+    let holders: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].fragment_count() > 0)
+        .collect();
+    for (n, &victim) in holders[..2].iter().enumerate() {
+        let objects = tmp.path().join(format!("node-{victim}/objects"));
+        for shard in std::fs::read_dir(&objects).unwrap() {
+            for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let path = f.unwrap().path();
+                if n == 0 {
+                    std::fs::remove_file(path).unwrap();
+                } else {
+                    let len = std::fs::metadata(&path).unwrap().len();
+                    std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+                }
+            }
         }
     }
-    assert!(removed > 0);
     wait_for("audit and repair", Duration::from_secs(30), || {
         remote.activity().repaired_objects > 0 && remote.health().unwrap().healthy == 1
     });
-    assert!(vnode.peers()[&nodes[victim].peer_id()].strikes > 0);
+    let placement = &vault.placements().unwrap()[0].1;
+    for &victim in &holders[..2] {
+        assert!(vnode.peers()[&nodes[victim].peer_id()].strikes > 0);
+        let bytes = nodes[victim].peer_id().to_bytes();
+        assert!(placement.fragments.iter().all(|f| f.peer != bytes));
+    }
     vault.drop_memory_cache();
     assert!(vault.read(ino, 0, data.len()).unwrap() == data);
     vault.shutdown().unwrap();
