@@ -751,7 +751,7 @@ impl Remote {
         let vault = self.vault.clone();
         let (oid, old2) = (*id, old.clone());
         let replaced =
-            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new, &lost))
+            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;

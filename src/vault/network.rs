@@ -228,14 +228,14 @@ impl Vault {
         Ok(out)
     }
 
-    /// Swaps an object's placement after repair, if it is still `old`; the
-    /// `lost` fragments' leases are queued for cancelling.
+    /// Swaps an object's placement after repair, if it is still `old`. The
+    /// replaced fragments are not cancelled: a holder that comes back keeps
+    /// them until their leases lapse (nobody renews them any more).
     pub fn replace_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
-        lost: &[FragmentLoc],
     ) -> Result<bool> {
         let mut inner = self.lock();
         if self.placement(id)?.as_ref() != Some(old) {
@@ -243,9 +243,6 @@ impl Vault {
         }
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, new);
-        for f in lost {
-            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
-        }
         self.commit(&mut inner, batch)?;
         Ok(true)
     }
