@@ -257,7 +257,8 @@ fn deleted_files_free_space_and_unrenewed_leases_expire() {
     let mut node = Node::start_with("1G", &[], &["--gc-secs", "1"]);
     let mut d = Drive::init_with("leases", &["--k", "1", "--n", "1"]);
     peer_args(&mut d, std::slice::from_ref(&node), None);
-    d.mount_args.extend(["--lease-secs".into(), "4".into()]);
+    // Short leases (renewed every 2 s) with room for a loaded CI machine.
+    d.mount_args.extend(["--lease-secs".into(), "6".into()]);
     d.mount();
     std::fs::write(d.p("keep"), pattern(1 << 20, 1)).unwrap();
     std::fs::write(d.p("drop"), pattern(2 << 20, 2)).unwrap();
@@ -285,8 +286,8 @@ fn deleted_files_free_space_and_unrenewed_leases_expire() {
     wait("cancelled space to return", &|| {
         stored(&node) < full - (2 << 20)
     });
-    // Leases of 4 s live on while the vault renews them...
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // Leases of 6 s live on while the vault renews them...
+    std::thread::sleep(std::time::Duration::from_secs(10));
     assert!(stored(&node) > 1 << 20, "a renewed lease expired");
     assert_eq!(std::fs::read(d.p("keep")).unwrap(), pattern(1 << 20, 1));
     // ...and end once it stops.
