@@ -435,11 +435,6 @@ impl NodeHandle {
         *c.entry(*peer).or_default() += bytes;
     }
 
-    /// Bytes stored here for `peer`.
-    pub fn stored_for(&self, peer: &PeerId) -> u64 {
-        self.shared.frags.stored_for(&peer.to_bytes())
-    }
-
     pub fn fragment_count(&self) -> u64 {
         self.shared.frags.count()
     }

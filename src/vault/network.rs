@@ -92,12 +92,6 @@ impl Vault {
         let _ = self.fetcher.set(f);
     }
 
-    /// Changes the disk cache limit (bytes of synced objects kept locally).
-    pub fn set_disk_cache_limit(&self, limit: u64) -> Result<()> {
-        self.disk_cache().limit = limit;
-        self.evict()
-    }
-
     /// Called (inside the batch) when an object gets its first reference.
     pub(super) fn queue_upload(
         &self,
