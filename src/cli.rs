@@ -909,9 +909,10 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         }
     );
     println!(
-        "donated     {} {} used by others ({} fragments)",
+        "donated     {} {} of {} used by others ({} fragments)",
         bar(n.stored_for_others_bytes, n.donated_bytes),
         human_bytes(n.stored_for_others_bytes),
+        human_bytes(n.donated_bytes),
         n.fragments_held
     );
     if let Some(st) = &s.stats {
@@ -960,7 +961,7 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
             );
         }
         let a = &sy.activity;
-        let moving = if a.upload_rate > 0.0 {
+        let moving = if a.upload_rate > 0.0 && sy.pending_upload_bytes > 0 {
             format!(
                 ", {} in flight at {}/s, ETA {:.0} s",
                 a.uploads_in_flight,
