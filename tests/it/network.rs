@@ -164,11 +164,12 @@ fn node_stops_cleanly_and_keeps_fragments() {
     cmd.args(["node", "--donate", "64M", "--no-mdns", "--data-dir"])
         .arg(a.dir.path())
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
-    let mut child = cmd
+    let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let child = crate::support::KillOnDrop(child);
     let mut held_again = 0;
     for _ in 0..100 {
         let mut st = Command::new(crate::support::bin());
@@ -183,8 +184,7 @@ fn node_stops_cleanly_and_keeps_fragments() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(held_again, held);
     drop((b, c));
     d.umount();

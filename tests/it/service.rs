@@ -167,7 +167,7 @@ fn config_file_errors_name_the_key_and_the_file() {
     )
     .unwrap();
     let data = tmp.path().join("node");
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .arg("--config")
         .arg(&cfg)
         .arg("node")
@@ -177,6 +177,7 @@ fn config_file_errors_name_the_key_and_the_file() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child = crate::support::KillOnDrop(child);
     let mut donated = None;
     for _ in 0..100 {
         let out = Command::new(bin())
@@ -195,8 +196,7 @@ fn config_file_errors_name_the_key_and_the_file() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(donated, Some(3 << 20));
 }
 
@@ -240,7 +240,7 @@ fn node_serves_prometheus_metrics_on_loopback() {
         .unwrap()
         .port();
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args([
             "node",
             "--donate",
@@ -256,6 +256,7 @@ fn node_serves_prometheus_metrics_on_loopback() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child = crate::support::KillOnDrop(child);
     let mut body = String::new();
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -266,8 +267,7 @@ fn node_serves_prometheus_metrics_on_loopback() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("\ndrizzle_donated_bytes 5242880\n"), "{body}");
     for name in [

@@ -400,3 +400,13 @@ impl Drop for Node {
         self.kill();
     }
 }
+
+/// A child process killed (and reaped) when dropped, even if a test fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
