@@ -169,21 +169,23 @@ impl Remote {
             lease_secs: lease_secs.max(1),
             cfg,
         });
-        // What this vault already stores on each peer counts in the ledger.
-        match vault.placements() {
+        // What this vault already stores on each peer counts in the ledger
+        // (a scan of every placement: off the async workers).
+        let (v, n2) = (vault.clone(), node.clone());
+        tokio::task::spawn_blocking(move || match v.placements() {
             Ok(all) => {
                 for (_, p) in all {
                     let each = coder::Layout::new(p.len as usize, p.k)
                         .map_or(0, |l| l.fragment_len() as u64);
                     for f in &p.fragments {
                         if let Ok(peer) = PeerId::from_bytes(&f.peer) {
-                            node.add_credit(&peer, each);
+                            n2.add_credit(&peer, each);
                         }
                     }
                 }
             }
             Err(e) => tracing::warn!("reading placements for the ledger: {e}"),
-        }
+        });
         vault.set_fetcher(Arc::new(NetFetcher {
             node,
             rt: tokio::runtime::Handle::current(),
@@ -468,13 +470,11 @@ impl Remote {
             let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
                 continue;
             };
-            let mut by_peer: std::collections::HashMap<Vec<u8>, Vec<FragmentId>> =
-                Default::default();
-            for (_, p) in all {
-                for f in p.fragments {
-                    by_peer.entry(f.peer).or_default().push(f.id);
-                }
-            }
+            let by_peer = group_by_peer(
+                all.into_iter()
+                    .flat_map(|(_, p)| p.fragments)
+                    .map(|f| (f.peer, f.id)),
+            );
             for (peer_b, ids) in by_peer {
                 let Ok(peer) = PeerId::from_bytes(&peer_b) else {
                     continue;
@@ -518,11 +518,7 @@ impl Remote {
             if items.is_empty() {
                 continue;
             }
-            let mut by_peer: std::collections::HashMap<Vec<u8>, Vec<FragmentId>> =
-                Default::default();
-            for (id, peer) in items {
-                by_peer.entry(peer).or_default().push(id);
-            }
+            let by_peer = group_by_peer(items.into_iter().map(|(id, peer)| (peer, id)));
             for (peer_b, ids) in by_peer {
                 let Ok(peer) = PeerId::from_bytes(&peer_b) else {
                     let junk: Vec<_> = ids.iter().map(|id| (*id, peer_b.clone())).collect();
@@ -611,12 +607,11 @@ impl Remote {
     /// Asks every connected holder whether it still has its fragments
     /// (HAS checks the bytes, not just the index); returns those missing.
     async fn audit(&self, all: &[(ObjectId, Placement)]) -> HashSet<(Vec<u8>, FragmentId)> {
-        let mut by_peer: std::collections::HashMap<&Vec<u8>, Vec<FragmentId>> = Default::default();
-        for (_, p) in all {
-            for f in &p.fragments {
-                by_peer.entry(&f.peer).or_default().push(f.id);
-            }
-        }
+        let by_peer = group_by_peer(
+            all.iter()
+                .flat_map(|(_, p)| &p.fragments)
+                .map(|f| (f.peer.clone(), f.id)),
+        );
         let mut missing = HashSet::new();
         // Possession proofs for a random sample: a holder that answers HAS
         // but dropped the bytes cannot answer these.
@@ -653,7 +648,7 @@ impl Remote {
             }
         }
         for (peer_b, ids) in by_peer {
-            let Ok(peer) = PeerId::from_bytes(peer_b) else {
+            let Ok(peer) = PeerId::from_bytes(&peer_b) else {
                 continue;
             };
             if !self.node.is_connected(&peer) {
@@ -849,7 +844,8 @@ impl Remote {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let h = self.health()?;
+        // The health check scans every placement: on the blocking pool.
+        let h = tokio::task::block_in_place(|| self.health())?;
         if h.degraded + h.lost > 0 {
             let peers = self.node.storage_peers().len();
             return Err(format!(
@@ -864,6 +860,17 @@ impl Remote {
         }
         Ok(h)
     }
+}
+
+/// Fragment ids by the peer (id bytes) that holds them.
+fn group_by_peer(
+    items: impl IntoIterator<Item = (Vec<u8>, FragmentId)>,
+) -> std::collections::HashMap<Vec<u8>, Vec<FragmentId>> {
+    let mut by_peer: std::collections::HashMap<Vec<u8>, Vec<FragmentId>> = Default::default();
+    for (peer, id) in items {
+        by_peer.entry(peer).or_default().push(id);
+    }
+    by_peer
 }
 
 /// Reads objects from peers for the vault (called on blocking threads).

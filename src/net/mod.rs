@@ -520,13 +520,18 @@ impl Driver {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
         for peer in connected {
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .frag
-                .send_request(&peer, Request::Capacity);
-            self.pending.insert(id, Pending::Capacity);
+            self.ask_capacity(&peer);
         }
+    }
+
+    /// Asks a peer how much it has free (the answer updates the table).
+    fn ask_capacity(&mut self, peer: &PeerId) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .frag
+            .send_request(peer, Request::Capacity);
+        self.pending.insert(id, Pending::Capacity);
     }
 
     fn on_command(&mut self, c: Command) {
@@ -608,12 +613,7 @@ impl Driver {
                     newly
                 };
                 if newly {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .frag
-                        .send_request(&peer_id, Request::Capacity);
-                    self.pending.insert(id, Pending::Capacity);
+                    self.ask_capacity(&peer_id);
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {

@@ -184,7 +184,7 @@ impl Vault {
             inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
             inner.uploads.bytes = inner.uploads.bytes.saturating_sub(rec.size);
         }
-        let local = self.store.read_object(id)?.is_some();
+        let local = self.store.has_object(id)?;
         if local {
             batch.put(Cf::Cached, id.0.to_vec(), rec.size.to_be_bytes().to_vec());
         }
@@ -347,16 +347,25 @@ impl Vault {
         }
         let keep = self.disk_cache().limit > 0;
         if keep {
+            // A large object's file is written (and synced) before taking
+            // the vault lock; the lock only guards the check and the index.
+            let mut batch = Batch::default();
+            batch.put_object(&self.store, id, &sealed)?;
+            batch.put(
+                Cf::Cached,
+                id.0.to_vec(),
+                (sealed.len() as u64).to_be_bytes().to_vec(),
+            );
             let inner = self.lock();
-            let still = self.store.get(Cf::Objects, &id.0)?.is_some();
-            if still {
-                let mut batch = Batch::default();
-                batch.put_object(&self.store, id, &sealed)?;
-                batch.put(
-                    Cf::Cached,
-                    id.0.to_vec(),
-                    (sealed.len() as u64).to_be_bytes().to_vec(),
-                );
+            if self.store.get(Cf::Objects, &id.0)?.is_none() {
+                // Deleted while it was fetched: drop the copy again, unless a
+                // seal worker is storing the same object right now.
+                if !inner.pending_objects.contains_key(id) {
+                    let mut undo = Batch::default();
+                    undo.delete_object(id, sealed.len() as u64);
+                    self.store.write(undo)?;
+                }
+            } else {
                 self.store.write(batch)?;
                 drop(inner);
                 let mut cache = self.disk_cache();

@@ -3,13 +3,14 @@
 //! and malformed protocol messages.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drizzle::coder;
 use drizzle::crypto::{ObjectId, VaultKeys};
 use drizzle::net::proto::{LeaseTerms, Request, Response};
 use drizzle::net::{Fault, Multiaddr, NodeConfig, NodeHandle, PeerId};
-use drizzle::remote::{fetch_object, Remote};
+use drizzle::remote::{fetch_object, Remote, RemoteConfig};
 use drizzle::vault::records::{FragmentLoc, Placement};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 
@@ -53,6 +54,46 @@ impl Drop for Stopper {
     }
 }
 
+/// A vault (engine API, no disk cache) with its own node bootstrapped from
+/// `peers`, uploading through a `Remote`.
+fn online_vault(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    peers: Vec<Multiaddr>,
+    rcfg: RemoteConfig,
+) -> (Arc<Vault>, NodeHandle, Arc<Remote>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let keys = || VaultKeys::from_master(&[7u8; 32]);
+    Vault::create(dir, &keys(), 0, 0).unwrap();
+    let opts = VaultOptions {
+        disk_cache: 0,
+        idle_flush: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let vault = Vault::open(dir, "cluster", keys(), opts).unwrap();
+    let mut cfg = NodeConfig::new(dir.join("node"), 0);
+    cfg.listen = vec![loopback()];
+    cfg.peers = peers;
+    let (vnode, remote) = rt.block_on(async {
+        let vnode = NodeHandle::start(cfg).await.unwrap();
+        let remote = Remote::start_with(vault.clone(), vnode.clone(), rcfg);
+        (vnode, remote)
+    });
+    (vault, vnode, remote)
+}
+
+/// Writes a file through the vault API.
+fn write_file(vault: &Vault, name: &str, data: &[u8]) -> u64 {
+    let ino = vault
+        .mknod(ROOT_INO, name.as_bytes(), Kind::File, 0o644, 0, 0, 0, None)
+        .unwrap()
+        .0;
+    vault.open_file(ino).unwrap();
+    vault.write(ino, 0, data).unwrap();
+    vault.release(ino).unwrap();
+    ino
+}
+
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -68,25 +109,13 @@ fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
     let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 12], 1 << 30));
     let _stop = Stopper(nodes.clone());
 
-    let vdir = tmp.path().join("vault");
-    std::fs::create_dir_all(&vdir).unwrap();
-    let keys = || VaultKeys::from_master(&[7u8; 32]);
-    Vault::create(&vdir, &keys(), 0, 0).unwrap();
-    let opts = VaultOptions {
-        disk_cache: 0,
-        idle_flush: Duration::from_millis(50),
-        ..Default::default()
-    };
-    let vault = Vault::open(&vdir, "cluster", keys(), opts).unwrap();
-    let mut cfg = NodeConfig::new(vdir.join("node"), 0);
-    cfg.listen = vec![loopback()];
-    cfg.peers = nodes[0].listen_addrs();
     let (k, n) = (4, 8);
-    let (vnode, remote) = rt.block_on(async {
-        let vnode = NodeHandle::start(cfg).await.unwrap();
-        let remote = Remote::start(vault.clone(), vnode.clone(), k, n);
-        (vnode, remote)
-    });
+    let (vault, vnode, remote) = online_vault(
+        &rt,
+        &tmp.path().join("vault"),
+        nodes[0].listen_addrs(),
+        RemoteConfig::new(k, n),
+    );
     let _stop_v = Stopper(vec![vnode.clone()]);
     // Kademlia finds the whole cluster from one bootstrap address.
     wait_for("peer discovery", Duration::from_secs(30), || {
@@ -98,24 +127,8 @@ fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
         .into_iter()
         .enumerate()
     {
-        let ino = vault
-            .mknod(
-                ROOT_INO,
-                format!("f{i}").as_bytes(),
-                Kind::File,
-                0o644,
-                0,
-                0,
-                0,
-                None,
-            )
-            .unwrap()
-            .0;
-        vault.open_file(ino).unwrap();
         let data = pattern(len, i as u64);
-        vault.write(ino, 0, &data).unwrap();
-        vault.release(ino).unwrap();
-        files.push((ino, data));
+        files.push((write_file(&vault, &format!("f{i}"), &data), data));
     }
     vault.sync_all().unwrap();
     let objects = vault.stats().unwrap().objects;
@@ -516,42 +529,24 @@ fn nodes_talk_over_quic() {
 /// fragments are rebuilt elsewhere.
 #[test]
 fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
-    use drizzle::remote::RemoteConfig;
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
     let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 6], 1 << 30));
     let _stop = Stopper(nodes.clone());
-    let vdir = tmp.path().join("vault");
-    std::fs::create_dir_all(&vdir).unwrap();
-    let keys = || VaultKeys::from_master(&[8u8; 32]);
-    Vault::create(&vdir, &keys(), 0, 0).unwrap();
-    let opts = VaultOptions {
-        disk_cache: 0,
-        ..Default::default()
-    };
-    let vault = Vault::open(&vdir, "audit", keys(), opts).unwrap();
-    let mut cfg = NodeConfig::new(vdir.join("node"), 0);
-    cfg.listen = vec![loopback()];
-    cfg.peers = nodes[0].listen_addrs();
     let mut rcfg = RemoteConfig::new(2, 4);
     rcfg.repair_every = Duration::from_secs(1);
-    let (vnode, remote) = rt.block_on(async {
-        let vnode = NodeHandle::start(cfg).await.unwrap();
-        let remote = Remote::start_with(vault.clone(), vnode.clone(), rcfg);
-        (vnode, remote)
-    });
+    let (vault, vnode, remote) = online_vault(
+        &rt,
+        &tmp.path().join("vault"),
+        nodes[0].listen_addrs(),
+        rcfg,
+    );
     let _stop_v = Stopper(vec![vnode.clone()]);
     wait_for("peers", Duration::from_secs(30), || {
         vnode.storage_peers().len() >= 6
     });
-    let ino = vault
-        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, None)
-        .unwrap()
-        .0;
-    vault.open_file(ino).unwrap();
     let data = pattern(4 << 20, 11);
-    vault.write(ino, 0, &data).unwrap();
-    vault.release(ino).unwrap();
+    let ino = write_file(&vault, "f", &data);
     vault.sync_all().unwrap();
     rt.block_on(remote.wait_synced(|_| {})).unwrap();
     // One holder loses its fragment files behind the node's back, another

@@ -8,10 +8,19 @@ use crate::support::{assert_same_tree, local_net_args, pattern, Drive, Node};
 
 /// Copies a real tree (part of /usr/include) plus some large files into `dst`.
 fn sample_tree(dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
+    std::fs::create_dir_all(dst.join("linux")).unwrap();
+    copy_in(Path::new("/usr/include/linux"), &dst.join("linux"));
+    std::fs::write(dst.join("big.bin"), pattern((13 << 20) + 12345, 1)).unwrap();
+    std::fs::write(dst.join("empty"), b"").unwrap();
+    std::fs::write(dst.join("small.txt"), b"hello peers\n").unwrap();
+}
+
+/// `cp -a SRC/. MNT`, as a backup user would.
+fn copy_in(src: &Path, mnt: &Path) {
     let out = Command::new("cp")
-        .args(["-a", "/usr/include/linux"])
-        .arg(dst.join("linux"))
+        .arg("-a")
+        .arg(src.join("."))
+        .arg(mnt)
         .output()
         .unwrap();
     assert!(
@@ -19,9 +28,17 @@ fn sample_tree(dst: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(dst.join("big.bin"), pattern((13 << 20) + 12345, 1)).unwrap();
-    std::fs::write(dst.join("empty"), b"").unwrap();
-    std::fs::write(dst.join("small.txt"), b"hello peers\n").unwrap();
+}
+
+/// `drizzle sync` must succeed.
+fn sync_ok(d: &Drive) {
+    let out = d.sync_network();
+    assert!(
+        out.status.success(),
+        "sync failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
 }
 
 fn peer_args(d: &mut Drive, nodes: &[Node], cache: Option<&str>) {
@@ -49,20 +66,8 @@ fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
     d.mount();
     let src = d.tmp.path().join("src");
     sample_tree(&src);
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(src.join("."))
-        .arg(&d.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = d.sync_network();
-    assert!(
-        out.status.success(),
-        "sync failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    copy_in(&src, &d.mnt);
+    sync_ok(&d);
     let st = d.status();
     assert_eq!(st["role"], "vault");
     assert_eq!(st["pending_upload_bytes"], 0);
@@ -97,6 +102,19 @@ fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
     let st = d.status();
     assert_eq!(st["disk_cache_bytes"], 0, "{st}");
     assert_same_tree(&src, &d.mnt);
+
+    // With every holder gone, reads fail with EIO and a log line that
+    // says why, never with wrong data; the namespace is still there.
+    d.umount();
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    peer_args(&mut d, &[], Some("0"));
+    d.mount();
+    let err = std::fs::read(d.p("big.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(d.log().contains("cannot fetch from peers"), "{}", d.log());
+    assert!(d.p("linux").is_dir());
     d.umount();
 }
 
@@ -316,19 +334,8 @@ fn repair_restores_redundancy_on_new_nodes() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("big"), pattern((5 << 20) + 3, 7)).unwrap();
     std::fs::write(src.join("small"), b"tiny but precious").unwrap();
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(src.join("."))
-        .arg(&d.mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = d.sync_network();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    copy_in(&src, &d.mnt);
+    sync_ok(&d);
 
     nodes[0].kill();
     nodes[1].kill();
