@@ -177,6 +177,10 @@ pub enum Cmd {
         /// Accept a password the strength estimate calls very weak.
         #[arg(long)]
         allow_weak_password: bool,
+        /// A peer to ask whether this name and password already have a vault
+        /// on the network (then init refuses), repeatable.
+        #[arg(long = "peer", value_name = "ADDR")]
+        peer: Vec<String>,
     },
     /// Mount the vault at MOUNTPOINT (in the background unless --foreground).
     #[command(
@@ -195,6 +199,13 @@ pub enum Cmd {
         /// Internal: started by a background mount (password on stdin).
         #[arg(long, hide = true)]
         daemon_child: bool,
+        /// Argon2id memory the vault was created with, when recovering one
+        /// made with a non-default --kdf-memory [default: 256M].
+        #[arg(long, value_name = "SIZE", hide_short_help = true)]
+        kdf_memory: Option<String>,
+        /// Argon2id passes, when recovering (see --kdf-memory) [default: 3].
+        #[arg(long, value_name = "N", hide_short_help = true)]
+        kdf_passes: Option<u32>,
         #[command(flatten)]
         opts: MountNetArgs,
     },
@@ -415,9 +426,13 @@ pub fn apply_settings(cmd: &mut Cmd, s: &Settings) {
             n,
             kdf_memory,
             kdf_passes,
+            peer,
             ..
         } => {
             common(c, s);
+            if peer.is_empty() {
+                *peer = s.network.peers.clone();
+            }
             let i = &s.init;
             *vault = vault.take().or_else(|| i.vault.clone());
             *k = k.or(i.k);
@@ -470,14 +485,15 @@ pub fn run(mut cli: Cli, settings: &Settings) -> anyhow::Result<()> {
             kdf_memory,
             kdf_passes,
             allow_weak_password,
+            peer,
         } => init(
             &common,
             &vault.ok_or_else(|| anyhow!("--vault NAME is required"))?,
             k.unwrap_or(10),
             n.unwrap_or(16),
-            kdf_memory.as_deref().unwrap_or("256M"),
-            kdf_passes.unwrap_or(3),
+            kdf_from_args(kdf_memory.as_deref(), kdf_passes)?,
             allow_weak_password,
+            &peer,
         ),
         Cmd::Mount {
             common,
@@ -486,6 +502,8 @@ pub fn run(mut cli: Cli, settings: &Settings) -> anyhow::Result<()> {
             foreground,
             daemon_child,
             opts,
+            kdf_memory,
+            kdf_passes,
         } => mount(
             &common,
             &mountpoint,
@@ -493,6 +511,7 @@ pub fn run(mut cli: Cli, settings: &Settings) -> anyhow::Result<()> {
             foreground,
             daemon_child,
             &opts,
+            kdf_from_args(kdf_memory.as_deref(), kdf_passes)?,
         ),
         Cmd::Node {
             data_dir,
@@ -560,29 +579,47 @@ pub fn create_vault(
     Ok(())
 }
 
+/// Argon2 parameters from `--kdf-memory` and `--kdf-passes` (defaults:
+/// 256M, 3 passes).
+fn kdf_from_args(memory: Option<&str>, passes: Option<u32>) -> anyhow::Result<KdfParams> {
+    let m = parse_size(memory.unwrap_or("256M")).context("--kdf-memory")? / 1024;
+    let kdf = KdfParams {
+        m_kib: u32::try_from(m).map_err(|_| anyhow!("--kdf-memory is too large"))?,
+        t: passes.unwrap_or(3),
+        p: 2,
+    };
+    kdf.validate()
+        .map_err(|e| anyhow!("--kdf-memory/--kdf-passes: {e}"))?;
+    Ok(kdf)
+}
+
 fn init(
     common: &Common,
     name: &str,
     k: u32,
     n: u32,
-    kdf_memory: &str,
-    kdf_passes: u32,
+    kdf: KdfParams,
     allow_weak: bool,
+    peers: &[String],
 ) -> anyhow::Result<()> {
     let data_dir = common.data_dir();
     if VaultConfig::path(&data_dir).exists() {
         bail!("a vault already exists in {}", data_dir.display());
     }
-    let m = parse_size(kdf_memory)? / 1024;
-    let kdf = KdfParams {
-        m_kib: u32::try_from(m).map_err(|_| anyhow!("--kdf-memory is too large"))?,
-        t: kdf_passes,
-        p: 2,
-    };
-    kdf.validate()
-        .map_err(|e| anyhow!("--kdf-memory/--kdf-passes: {e}"))?;
+    validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
+    validate_kn(k, n).map_err(|e| anyhow!("bad --k/--n: {e}"))?;
     let password = read_password(common, true)?;
     check_strength(&password, name, allow_weak)?;
+    if !peers.is_empty() {
+        let net = NetArgs {
+            peer: peers.to_vec(),
+            no_mdns: true,
+            ..Default::default()
+        };
+        let node = net.node_config(data_dir.join("node"), 0)?;
+        let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
+        crate::recover::refuse_existing(name, &keys, node)?;
+    }
     create_vault(&data_dir, name, &password, kdf, k, n)?;
     println!("created vault '{name}' in {}", data_dir.display());
     println!("keep the vault name and password safe: together they are the only way to the data");
@@ -617,6 +654,7 @@ fn mount(
     foreground: bool,
     child: bool,
     opts: &MountNetArgs,
+    kdf: KdfParams,
 ) -> anyhow::Result<()> {
     let data_dir = common.data_dir();
     // Check the options before asking for a password.
@@ -665,8 +703,29 @@ fn mount(
         }
         return r;
     }
+    let recovering = !VaultConfig::path(&data_dir).exists();
+    if recovering {
+        // An empty data dir and a vault name: recover it from the network.
+        let Some(name) = want else {
+            bail!(
+                "{} holds no vault: create one with drizzle init --vault NAME, or recover one \
+                 from the network with drizzle mount MOUNTPOINT --vault NAME --peer ADDR",
+                data_dir.display()
+            );
+        };
+        validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
+        daemon::prepare_mountpoint(mountpoint)?;
+    }
     let password = read_password(common, false)?;
-    let (cfg, _keys) = unlock(&data_dir, &password)?;
+    if let (true, Some(name)) = (recovering, want) {
+        crate::recover::recover(&data_dir, name, &password, kdf, setup.node.clone())?;
+    }
+    let (cfg, keys) = unlock(&data_dir, &password)?;
+    if !recovering && !opts.net.peer.is_empty() && !daemon::socket_path(&data_dir).exists() {
+        // Another device may have published a newer version meanwhile.
+        crate::recover::update_from_network(&data_dir, &cfg, &keys, setup.node.clone())?;
+    }
+    drop(keys);
     if let Some(w) = want {
         if w != cfg.vault {
             bail!(

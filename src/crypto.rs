@@ -97,6 +97,7 @@ pub struct VaultKeys {
     meta: Zeroizing<[u8; 64]>,
     check: Zeroizing<[u8; 32]>,
     lease: Zeroizing<[u8; 32]>,
+    root: Zeroizing<[u8; 32]>,
 }
 
 impl VaultKeys {
@@ -125,6 +126,7 @@ impl VaultKeys {
         let mut meta = Zeroizing::new([0u8; 64]);
         let mut check = Zeroizing::new([0u8; 32]);
         let mut lease = Zeroizing::new([0u8; 32]);
+        let mut root = Zeroizing::new([0u8; 32]);
         // Output lengths are fixed and far below HKDF's limit: expand cannot fail.
         hk.expand(b"drizzle object seal", object.as_mut())
             .expect("hkdf length");
@@ -136,13 +138,26 @@ impl VaultKeys {
             .expect("hkdf length");
         hk.expand(b"drizzle lease secrets", lease.as_mut())
             .expect("hkdf length");
+        hk.expand(b"drizzle root signing", root.as_mut())
+            .expect("hkdf length");
         VaultKeys {
             object,
             name,
             meta,
             check,
             lease,
+            root,
         }
+    }
+
+    /// The Ed25519 key that signs the vault's root record (zeroized on drop).
+    pub fn root_signer(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.root)
+    }
+
+    /// The root record's public key (what its DHT key is derived from).
+    pub fn root_public(&self) -> [u8; 32] {
+        self.root_signer().verifying_key().to_bytes()
     }
 
     /// The renew and cancel secrets of one fragment's lease on one peer:

@@ -95,6 +95,9 @@ pub struct Status {
     pub stats: Option<VaultStats>,
     #[serde(flatten)]
     pub sync: Option<SyncStatus>,
+    /// The vault's metadata on the network (root record, conflicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::metasync::MetaStatus>,
 }
 
 /// The libp2p node's part of the status.
@@ -552,6 +555,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
         node: node_status(&ctx.node),
         stats: None,
         sync: None,
+        metadata: None,
     };
     if let Some(m) = &ctx.mount {
         let (v, r) = (m.vault.clone(), m.remote.clone());
@@ -571,6 +575,8 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
             disk_cache_bytes: m.vault.disk_cache_bytes(),
             last_upload_error: m.remote.last_error(),
         });
+        let r = m.remote.clone();
+        st.metadata = Some(tokio::task::spawn_blocking(move || r.metadata_status()).await?);
     }
     Ok(st)
 }
@@ -598,8 +604,15 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
                     Err(e) => Response::failed(format!("sync failed: {e}")),
                     Ok(()) if local => Response::done(Ok::<(), String>(()), ""),
                     Ok(()) => {
-                        let r = sync_with_progress(&m.remote, &mut wr).await;
-                        Response::done(r.map(|_| ()), "sync incomplete")
+                        let r = match sync_with_progress(&m.remote, &mut wr).await {
+                            // Then the metadata and the root record, so the
+                            // vault can be recovered from its name and password.
+                            Ok(_) => m.remote.publish().await.map(|_| ()).map_err(|e| {
+                                format!("every object is on peers, but publishing the metadata failed: {e}")
+                            }),
+                            Err(e) => Err(e),
+                        };
+                        Response::done(r, "sync incomplete")
                     }
                 }
             }

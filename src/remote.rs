@@ -101,10 +101,15 @@ pub struct UploadActivity {
 
 /// The network side of a mounted vault.
 pub struct Remote {
-    vault: Arc<Vault>,
-    node: NodeHandle,
-    k: u32,
-    n: u32,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) node: NodeHandle,
+    pub(crate) k: u32,
+    pub(crate) n: u32,
+    /// The vault's Argon2 parameters (recorded in its root record).
+    pub(crate) kdf: crate::crypto::KdfParams,
+    /// One publish of the metadata at a time.
+    pub(crate) publish_lock: tokio::sync::Mutex<()>,
+    pub(crate) meta: Mutex<crate::metasync::MetaStatus>,
     state: Mutex<UploadState>,
     wake: tokio::sync::Notify,
     started: Instant,
@@ -127,6 +132,8 @@ pub struct RemoteConfig {
     pub repair_every: Duration,
     /// Bytes per second repair may fetch and upload, on average.
     pub repair_rate: u64,
+    /// The vault's Argon2 parameters (recorded in its root record).
+    pub kdf: crate::crypto::KdfParams,
 }
 
 impl RemoteConfig {
@@ -138,6 +145,7 @@ impl RemoteConfig {
             lost_after: Duration::from_secs(600),
             repair_every: Duration::from_secs(60),
             repair_rate: 32 << 20,
+            kdf: crate::crypto::KdfParams::default_strong(),
         }
     }
 }
@@ -163,6 +171,9 @@ impl Remote {
             node: node.clone(),
             k,
             n,
+            kdf: cfg.kdf,
+            publish_lock: tokio::sync::Mutex::new(()),
+            meta: Mutex::new(Default::default()),
             state: Mutex::new(UploadState::default()),
             wake: tokio::sync::Notify::new(),
             started: Instant::now(),
@@ -194,6 +205,7 @@ impl Remote {
         tokio::spawn(remote.clone().renew_loop());
         tokio::spawn(remote.clone().cancel_loop());
         tokio::spawn(remote.clone().repair_loop());
+        tokio::spawn(remote.clone().publish_loop());
         remote
     }
 

@@ -58,9 +58,30 @@ pub enum Cf {
     /// fragment id -> length: the fragments a node stores for others (the
     /// bytes are objects: inline in `Blobs` or files).
     Fragments,
+    /// local sequence number -> one batch's changes to the replicated
+    /// families, not yet published to the network (see [`REPLICATED`]).
+    Journal,
+    /// object id -> record of a metadata object (snapshot part or journal
+    /// head) on the network; plus the publishing state.
+    Chain,
+    /// DHT key -> the newest valid root record a node keeps for a vault.
+    Roots,
 }
 
-const VAULT_CFS: [Cf; 12] = [
+/// The families that make up a vault's metadata on the network: every batch
+/// that changes them also appends its changes to the `Journal` family.
+pub const REPLICATED: [Cf; 8] = [
+    Cf::Inodes,
+    Cf::Dirents,
+    Cf::Chunks,
+    Cf::Objects,
+    Cf::Xattrs,
+    Cf::Orphans,
+    Cf::Meta,
+    Cf::Placements,
+];
+
+const VAULT_CFS: [Cf; 14] = [
     Cf::Inodes,
     Cf::Dirents,
     Cf::Chunks,
@@ -73,9 +94,11 @@ const VAULT_CFS: [Cf; 12] = [
     Cf::Placements,
     Cf::Cached,
     Cf::Released,
+    Cf::Journal,
+    Cf::Chain,
 ];
 
-const NODE_CFS: [Cf; 3] = [Cf::Fragments, Cf::Blobs, Cf::Meta];
+const NODE_CFS: [Cf; 4] = [Cf::Fragments, Cf::Blobs, Cf::Meta, Cf::Roots];
 
 impl Cf {
     /// Stable name, also bound into each sealed record's associated data.
@@ -94,9 +117,27 @@ impl Cf {
             Cf::Cached => "cached",
             Cf::Released => "released",
             Cf::Fragments => "fragments",
+            Cf::Journal => "journal",
+            Cf::Chain => "chain",
+            Cf::Roots => "roots",
         }
     }
+
+    /// Code of a replicated family in journal entries and snapshots.
+    pub fn code(self) -> Option<u8> {
+        REPLICATED
+            .iter()
+            .position(|c| *c == self)
+            .map(|i| i as u8 + 1)
+    }
+
+    pub fn from_code(code: u8) -> Option<Cf> {
+        REPLICATED.get((code as usize).checked_sub(1)?).copied()
+    }
 }
+
+/// One change to a replicated family: (family code, key, value or delete).
+pub type Change = (u8, Vec<u8>, Option<Vec<u8>>);
 
 /// Sealed objects up to this size live inline in RocksDB, so a small file's
 /// fsync is a single WAL sync.
@@ -152,6 +193,9 @@ impl Batch {
 pub struct Store {
     db: rocksdb::DB,
     objects_dir: PathBuf,
+    /// The next journal sequence number (vault stores only); the lock also
+    /// keeps journal entries in commit order.
+    journal: Option<std::sync::Mutex<u64>>,
 }
 
 impl Store {
@@ -199,7 +243,25 @@ impl Store {
                 }
             }
         })?;
-        Ok(Store { db, objects_dir })
+        let journal = if families.contains(&Cf::Journal) {
+            let last = db
+                .iterator_cf(
+                    db.cf_handle(Cf::Journal.name()).expect("journal family"),
+                    rocksdb::IteratorMode::End,
+                )
+                .next()
+                .transpose()
+                .map_err(db_err)?
+                .map_or(0, |(k, _)| seq_of(&k));
+            Some(std::sync::Mutex::new(last + 1))
+        } else {
+            None
+        };
+        Ok(Store {
+            db,
+            objects_dir,
+            journal,
+        })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -247,13 +309,27 @@ impl Store {
             return Ok(());
         }
         let mut wb = rocksdb::WriteBatch::default();
+        let mut changes: Vec<Change> = Vec::new();
         for (cf, k, v) in &batch.ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(*cf), k, v),
                 None => wb.delete_cf(self.cf(*cf), k),
             }
+            if let (Some(code), Some(_)) = (cf.code(), &self.journal) {
+                changes.push((code, k.clone(), v.clone()));
+            }
         }
-        self.db.write(wb).map_err(db_err)?;
+        match (&self.journal, changes.is_empty()) {
+            (Some(next), false) => {
+                // The entry commits in the same batch as the change it logs.
+                let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = postcard::to_allocvec(&changes).expect("changes serialize");
+                wb.put_cf(self.cf(Cf::Journal), next.to_be_bytes(), entry);
+                self.db.write(wb).map_err(db_err)?;
+                *next += 1;
+            }
+            _ => self.db.write(wb).map_err(db_err)?,
+        }
         for id in batch.delete_files {
             let path = self.object_path(&id);
             if let Err(err) = fs::remove_file(&path) {
@@ -261,6 +337,110 @@ impl Store {
                     tracing::warn!(object = %id, "cannot remove released object file: {err}");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Journal entries after sequence number `after`, oldest first, until
+    /// about `max_bytes` (at least one entry if any).
+    pub fn journal_since(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let iter = self.db.iterator_cf(
+            self.cf(Cf::Journal),
+            rocksdb::IteratorMode::From(
+                &(after.saturating_add(1)).to_be_bytes(),
+                rocksdb::Direction::Forward,
+            ),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(db_err)?;
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drops journal entries up to `upto` (they are on the network).
+    pub fn trim_journal(&self, upto: u64) -> Result<(), StoreError> {
+        self.db
+            .delete_range_cf(
+                self.cf(Cf::Journal),
+                0u64.to_be_bytes(),
+                upto.saturating_add(1).to_be_bytes(),
+            )
+            .map_err(db_err)
+    }
+
+    /// Every record of the replicated families at one instant, with the last
+    /// journal sequence number that instant includes.
+    pub fn dump_replicated(&self) -> Result<(u64, Vec<Change>), StoreError> {
+        // Under the journal lock: every entry numbered below `next` is in
+        // the snapshot and none after it.
+        let (snap, upto) = {
+            let next = self
+                .journal
+                .as_ref()
+                .map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
+            let upto = next.as_deref().map_or(0, |n| n - 1);
+            (self.db.snapshot(), upto)
+        };
+        let mut out = Vec::new();
+        for cf in REPLICATED {
+            let code = cf.code().expect("replicated");
+            for item in snap.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
+                let (k, v) = item.map_err(db_err)?;
+                out.push((code, k.to_vec(), Some(v.to_vec())));
+            }
+        }
+        Ok((upto, out))
+    }
+
+    /// The sequence number of the newest journal entry written (0: none).
+    pub fn journal_last(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .journal
+            .as_ref()
+            .map_or(0, |n| *n.lock().unwrap_or_else(|p| p.into_inner()) - 1))
+    }
+
+    /// Applies replicated changes from the network without journaling them
+    /// (they are published already). `clear` first empties the replicated
+    /// families, the journal and the chain records.
+    pub fn import(&self, clear: bool, changes: &[Change]) -> Result<(), StoreError> {
+        if clear {
+            for cf in REPLICATED.iter().chain(&[Cf::Journal, Cf::Chain]) {
+                let keys: Vec<Box<[u8]>> = self
+                    .db
+                    .iterator_cf(self.cf(*cf), rocksdb::IteratorMode::Start)
+                    .map(|i| i.map(|(k, _)| k))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                let mut wb = rocksdb::WriteBatch::default();
+                for k in keys {
+                    wb.delete_cf(self.cf(*cf), k);
+                }
+                self.db.write(wb).map_err(db_err)?;
+            }
+        }
+        for part in changes.chunks(4096) {
+            let mut wb = rocksdb::WriteBatch::default();
+            for (code, k, v) in part {
+                let cf = Cf::from_code(*code)
+                    .ok_or_else(|| StoreError::Db(format!("unknown family code {code}")))?;
+                match v {
+                    Some(v) => wb.put_cf(self.cf(cf), k, v),
+                    None => wb.delete_cf(self.cf(cf), k),
+                }
+            }
+            self.db.write(wb).map_err(db_err)?;
         }
         Ok(())
     }
@@ -349,6 +529,10 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    key.try_into().map_or(0, u64::from_be_bytes)
 }
 
 fn parse_hex_id(s: &str) -> Option<ObjectId> {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
@@ -27,7 +28,7 @@ use libp2p::{identify, identity, kad, mdns, ping, StreamProtocol, Swarm};
 pub use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::fragstore::{FragmentStore, PutOutcome};
+use crate::fragstore::{FragmentStore, PutOutcome, RootOutcome};
 use proto::{Capacity, Request, Response, PROTOCOL};
 
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/kad/1");
@@ -174,7 +175,25 @@ enum Command {
         resp: Response,
     },
     Dial(Multiaddr),
+    /// Keep a validated root record in the DHT store (answers GET_VALUE).
+    KadKeep(kad::Record),
+    /// Publish a root record in the DHT (to the closest peers of its key).
+    KadPut {
+        record: kad::Record,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Collect every copy of a record the DHT returns.
+    KadGet {
+        key: kad::RecordKey,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
     Stop,
+}
+
+/// A DHT query waiting for its end.
+enum KadPending {
+    Put(oneshot::Sender<Result<(), String>>),
+    Get(oneshot::Sender<Vec<Vec<u8>>>, Vec<Vec<u8>>),
 }
 
 /// A running node; cheap to clone.
@@ -259,8 +278,20 @@ impl NodeHandle {
                 let id = key.public().to_peer_id();
                 let mut kcfg = kad::Config::new(KAD_PROTOCOL);
                 kcfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
-                let mut kad =
-                    kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kcfg);
+                // Root records are checked before they are kept (Kademlia
+                // checks nothing) and never expire (DESIGN.md section 4).
+                kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+                kcfg.set_record_ttl(None);
+                kcfg.set_publication_interval(None);
+                let store = kad::store::MemoryStore::with_config(
+                    id,
+                    kad::store::MemoryStoreConfig {
+                        max_records: 1 << 20,
+                        max_value_bytes: crate::root::MAX_ROOT,
+                        ..Default::default()
+                    },
+                );
+                let mut kad = kad::Behaviour::with_config(id, store, kcfg);
                 // Loopback and LAN nodes never get a confirmed external
                 // address; without server mode nobody would answer queries.
                 kad.set_mode(Some(kad::Mode::Server));
@@ -299,6 +330,12 @@ impl NodeHandle {
                 .listen_on(addr.clone())
                 .with_context(|| format!("cannot listen on {addr}"))?;
         }
+        // Root records kept across restarts go back into the DHT store.
+        for (k, v) in frags.roots().context("reading root records")? {
+            let mut r = kad::Record::new(kad::RecordKey::new(&k), v);
+            r.expires = None;
+            let _ = swarm.behaviour_mut().kad.store_mut().put(r);
+        }
         let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             peer_id,
@@ -321,6 +358,7 @@ impl NodeHandle {
             cmd_rx,
             handle: handle.clone(),
             pending: HashMap::new(),
+            kad_pending: HashMap::new(),
             bootstrap: cfg.peers.clone(),
         };
         tokio::spawn(driver.run());
@@ -442,6 +480,44 @@ impl NodeHandle {
     pub fn counters(&self) -> &NodeCounters {
         &self.shared.counters
     }
+
+    /// Keeps a root record on this node (checked like any peer's).
+    pub fn keep_root(&self, key: &[u8; 32], record: &[u8]) -> Result<RootOutcome, String> {
+        let out = self
+            .shared
+            .frags
+            .put_root(key, record)
+            .map_err(|e| e.to_string())?;
+        if out == RootOutcome::Stored {
+            let r = kad::Record::new(kad::RecordKey::new(key), record.to_vec());
+            let _ = self.cmd.send(Command::KadKeep(r));
+        }
+        Ok(out)
+    }
+
+    /// Publishes a record in the DHT (the peers closest to its key keep it).
+    pub async fn dht_put(&self, key: &[u8; 32], value: Vec<u8>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let mut record = kad::Record::new(kad::RecordKey::new(key), value);
+        record.expires = None;
+        self.cmd
+            .send(Command::KadPut { record, reply: tx })
+            .map_err(|_| NetError::Stopped.to_string())?;
+        rx.await.map_err(|_| NetError::Stopped.to_string())?
+    }
+
+    /// Every copy of a record the DHT returns for `key` (unchecked).
+    pub async fn dht_get(&self, key: &[u8; 32]) -> Vec<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::KadGet {
+            key: kad::RecordKey::new(key),
+            reply: tx,
+        };
+        if self.cmd.send(cmd).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 /// Deletes fragments whose lease ran out, every `every`, until the node's
@@ -468,6 +544,7 @@ struct Driver {
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     handle: NodeHandle,
     pending: HashMap<OutboundRequestId, Pending>,
+    kad_pending: HashMap<kad::QueryId, KadPending>,
     bootstrap: Vec<Multiaddr>,
 }
 
@@ -560,8 +637,81 @@ impl Driver {
                     tracing::warn!("cannot dial {addr}: {e}");
                 }
             }
+            Command::KadKeep(mut r) => {
+                r.expires = None;
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(r) {
+                    tracing::warn!("cannot keep a root record in the DHT store: {e}");
+                }
+            }
+            Command::KadPut { record, reply } => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(q) => {
+                        self.kad_pending.insert(q, KadPending::Put(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Command::KadGet { key, reply } => {
+                let q = self.swarm.behaviour_mut().kad.get_record(key);
+                self.kad_pending
+                    .insert(q, KadPending::Get(reply, Vec::new()));
+            }
             Command::Stop => {}
         }
+    }
+
+    fn on_kad_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        match (self.kad_pending.get_mut(&id), result) {
+            (
+                Some(KadPending::Get(_, found)),
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(r))),
+            ) => found.push(r.record.value),
+            (Some(KadPending::Put(_)), kad::QueryResult::PutRecord(r)) => {
+                if let Some(KadPending::Put(tx)) = self.kad_pending.remove(&id) {
+                    let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                }
+                return;
+            }
+            _ => {}
+        }
+        if last {
+            match self.kad_pending.remove(&id) {
+                Some(KadPending::Get(tx, found)) => {
+                    let _ = tx.send(found);
+                }
+                Some(KadPending::Put(tx)) => {
+                    let _ = tx.send(Err("the DHT query ended without a result".into()));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// A peer asks this node to keep a record: only valid root records that
+    /// are newer than the one held are kept (in the node's store, then in
+    /// the DHT store).
+    fn on_kad_put(&mut self, record: kad::Record) {
+        let Ok(key) = <[u8; 32]>::try_from(record.key.as_ref()) else {
+            tracing::debug!("ignored a DHT record with a foreign key");
+            return;
+        };
+        let shared = self.shared.clone();
+        let handle = self.handle.clone();
+        tokio::task::spawn_blocking(move || match shared.frags.put_root(&key, &record.value) {
+            Ok(RootOutcome::Stored) => {
+                let _ = handle.cmd.send(Command::KadKeep(record));
+            }
+            Ok(RootOutcome::Same) => {}
+            Ok(RootOutcome::Refused(why)) => tracing::debug!("refused a DHT record: {why}"),
+            Err(e) => tracing::error!("storing a root record: {e}"),
+        });
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -641,6 +791,16 @@ impl Driver {
                 }
             }
             BehaviourEvent::Frag(ev) => self.on_frag_event(ev),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => self.on_kad_query(id, result, step.last),
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        record: Some(record),
+                        ..
+                    },
+            }) => self.on_kad_put(record),
             _ => {}
         }
     }
@@ -783,6 +943,21 @@ impl Driver {
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),
                 },
                 Request::Capacity => Response::Capacity(shared.frags.capacity()),
+                Request::RootPut { key, record } => match shared.frags.put_root(&key, &record) {
+                    Ok(RootOutcome::Stored) => {
+                        let r = kad::Record::new(kad::RecordKey::new(&key), record);
+                        let _ = handle.cmd.send(Command::KadKeep(r));
+                        Response::Stored
+                    }
+                    Ok(RootOutcome::Same) => Response::Stored,
+                    Ok(RootOutcome::Refused(why)) => Response::Refused(why),
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
+                Request::RootGet { key } => match shared.frags.get_root(&key) {
+                    Ok(Some(r)) => Response::Root(r),
+                    Ok(None) => Response::NotFound,
+                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+                },
             };
             let _ = handle.cmd.send(Command::Respond { channel, resp });
         });

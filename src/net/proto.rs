@@ -90,6 +90,15 @@ pub enum Request {
         ids: Vec<FragmentId>,
     },
     Capacity,
+    /// Keep a vault's root record (checked: signature, key, newer sequence).
+    RootPut {
+        key: [u8; 32],
+        record: Vec<u8>,
+    },
+    /// The root record held under a key.
+    RootGet {
+        key: [u8; 32],
+    },
 }
 
 impl std::fmt::Debug for Request {
@@ -102,6 +111,8 @@ impl std::fmt::Debug for Request {
             Request::Audit { id, .. } => write!(f, "Audit({id})"),
             Request::Has { ids } => write!(f, "Has({} ids)", ids.len()),
             Request::Capacity => write!(f, "Capacity"),
+            Request::RootPut { record, .. } => write!(f, "RootPut({}B)", record.len()),
+            Request::RootGet { .. } => write!(f, "RootGet"),
         }
     }
 }
@@ -126,6 +137,8 @@ pub enum Response {
     Capacity(Capacity),
     /// The answer to an audit.
     Proof([u8; 32]),
+    /// A root record.
+    Root(Vec<u8>),
     /// The node will not store this (full, over quota): the reason says why.
     Refused(String),
     /// The request was understood but failed on the node.
@@ -141,6 +154,7 @@ impl std::fmt::Debug for Response {
             Response::Has(v) => write!(f, "Has({v:?})"),
             Response::Capacity(c) => write!(f, "{c:?}"),
             Response::Proof(_) => write!(f, "Proof"),
+            Response::Root(r) => write!(f, "Root({}B)", r.len()),
             Response::Refused(r) => write!(f, "Refused({r})"),
             Response::Failed(r) => write!(f, "Failed({r})"),
         }
@@ -210,6 +224,15 @@ impl Request {
                 }
             }
             Request::Capacity => out.push(4),
+            Request::RootPut { key, record } => {
+                out.push(8);
+                out.extend_from_slice(key);
+                out.extend_from_slice(record);
+            }
+            Request::RootGet { key } => {
+                out.push(9);
+                out.extend_from_slice(key);
+            }
         }
         (out, Bytes::new())
     }
@@ -272,6 +295,15 @@ impl Request {
                 Ok(Request::Has { ids })
             }
             4 if rest.is_empty() => Ok(Request::Capacity),
+            8 if rest.len() >= 32 && rest.len() - 32 <= crate::root::MAX_ROOT => {
+                Ok(Request::RootPut {
+                    key: rest[..32].try_into().expect("32 bytes"),
+                    record: rest[32..].to_vec(),
+                })
+            }
+            9 if rest.len() == 32 => Ok(Request::RootGet {
+                key: rest.try_into().expect("32 bytes"),
+            }),
             _ => Err(invalid(format!("unknown request type {tag}"))),
         }
     }
@@ -295,6 +327,10 @@ impl Response {
             Response::Proof(p) => {
                 out.push(8);
                 out.extend_from_slice(p);
+            }
+            Response::Root(r) => {
+                out.push(9);
+                out.extend_from_slice(r);
             }
             Response::Capacity(c) => {
                 out.push(5);
@@ -346,6 +382,7 @@ impl Response {
             6 => Ok(Response::Refused(reason(rest)?)),
             8 if rest.len() == 32 => Ok(Response::Proof(rest.try_into().expect("32 bytes"))),
             7 => Ok(Response::Failed(reason(rest)?)),
+            9 if rest.len() <= crate::root::MAX_ROOT => Ok(Response::Root(rest.to_vec())),
             _ => Err(invalid(format!("bad response type {tag}"))),
         }
     }
@@ -488,7 +525,13 @@ mod tests {
         roundtrip_req(Request::Audit { id, nonce: [6; 32] });
         roundtrip_req(Request::Has { ids: vec![id, id] });
         roundtrip_req(Request::Capacity);
+        roundtrip_req(Request::RootPut {
+            key: [1; 32],
+            record: vec![2; 300],
+        });
+        roundtrip_req(Request::RootGet { key: [3; 32] });
         for r in [
+            Response::Root(vec![4; 200]),
             Response::Stored,
             Response::Fragment(vec![9; 100].into()),
             Response::NotFound,
@@ -515,6 +558,8 @@ mod tests {
             &[2; 40],
             &[3; 34],
             &[4, 0],
+            &[9; 20],
+            &[8; 10],
             &[99],
         ] {
             assert!(Request::decode(bad.to_vec()).is_err(), "{bad:?}");

@@ -11,6 +11,7 @@
 mod data;
 mod network;
 pub mod records;
+pub mod replica;
 
 pub use network::{Fetcher, UploadBacklog};
 
@@ -352,6 +353,11 @@ impl Vault {
         &self.name
     }
 
+    /// The vault's keys (for signing and opening its root record).
+    pub(crate) fn keys(&self) -> &VaultKeys {
+        &self.keys
+    }
+
     /// Frees inodes unlinked while open at a crash and objects whose last
     /// reference went away with it.
     fn recover(&self) -> Result<()> {
@@ -381,6 +387,7 @@ impl Vault {
         drop(inner);
         let removed = self.store.remove_unreferenced_files(|id| {
             matches!(self.store.get(Cf::Objects, &id.0), Ok(Some(_)))
+                || matches!(self.store.get(Cf::Chain, &id.0), Ok(Some(_)))
         })?;
         if removed > 0 {
             tracing::info!("removed {removed} object files left unreferenced by a crash");

@@ -58,10 +58,15 @@ impl Vault {
         let mut backlog = UploadBacklog::default();
         for (k, _) in self.store.scan(Cf::Uploads, &[], usize::MAX)? {
             let rec: Option<ObjectRecord> = self.get_record(Cf::Objects, &k, "object record")?;
-            match rec {
-                Some(r) => {
+            let id = ObjectId(k[..32].try_into().map_err(|e| corrupt("upload key", e))?);
+            let size = match rec {
+                Some(r) => Some(r.size),
+                None => self.is_chain_object(&id)?,
+            };
+            match size {
+                Some(size) => {
                     backlog.objects += 1;
-                    backlog.bytes += r.size;
+                    backlog.bytes += size;
                 }
                 None => {
                     // Released before it was uploaded.
@@ -127,10 +132,7 @@ impl Vault {
         }
         batch.delete(Cf::Placements, id.0.to_vec());
         batch.delete(Cf::Cached, id.0.to_vec());
-        let mut cache = self.disk_cache();
-        if let Some(s) = cache.lru.pop(id) {
-            cache.bytes -= s;
-        }
+        self.forget_cached(id);
         Ok(())
     }
 
@@ -175,7 +177,10 @@ impl Vault {
         let mut inner = self.lock();
         let rec: Option<ObjectRecord> = self.get_record(Cf::Objects, &id.0, "object record")?;
         let Some(rec) = rec else {
-            return Ok(false);
+            let chain = self.commit_chain_placement(&mut inner, id, placement)?;
+            drop(inner);
+            self.evict()?;
+            return Ok(chain);
         };
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, placement);
@@ -191,22 +196,40 @@ impl Vault {
         self.commit(&mut inner, batch)?;
         drop(inner);
         if local {
-            let mut cache = self.disk_cache();
-            if cache.lru.put(*id, rec.size).is_none() {
-                cache.bytes += rec.size;
-            }
+            self.note_cached(id, rec.size);
         }
         self.evict()?;
         Ok(true)
     }
 
-    pub fn placement(&self, id: &ObjectId) -> Result<Option<Placement>> {
-        self.get_record(Cf::Placements, &id.0, "placement")
+    /// Adds a local copy to the disk cache's LRU.
+    pub(super) fn note_cached(&self, id: &ObjectId, size: u64) {
+        let mut cache = self.disk_cache();
+        if cache.lru.put(*id, size).is_none() {
+            cache.bytes += size;
+        }
     }
 
-    /// Every placement record (a scan, for health reports).
+    /// Forgets a local copy in the disk cache's LRU.
+    pub(super) fn forget_cached(&self, id: &ObjectId) {
+        let mut cache = self.disk_cache();
+        if let Some(s) = cache.lru.pop(id) {
+            cache.bytes -= s;
+        }
+    }
+
+    /// Where an object's fragments are (file content or metadata object).
+    pub fn placement(&self, id: &ObjectId) -> Result<Option<Placement>> {
+        match self.get_record(Cf::Placements, &id.0, "placement")? {
+            Some(p) => Ok(Some(p)),
+            None => Ok(self.chain_ref(id)?.map(|r| r.placement)),
+        }
+    }
+
+    /// Every placement record, of file content and metadata objects (a
+    /// scan, for health reports, renewal, audits and repair).
     pub fn placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
-        let mut out = Vec::new();
+        let mut out = self.chain_placements()?;
         for (k, v) in self.store.scan(Cf::Placements, &[], usize::MAX)? {
             let p: Placement = decode(&open_record(&self.keys, Cf::Placements, &k, &v)?)
                 .map_err(|e| corrupt("placement", e))?;
@@ -232,6 +255,9 @@ impl Vault {
         new: &Placement,
     ) -> Result<bool> {
         let mut inner = self.lock();
+        if let Some(done) = self.replace_chain_placement(id, old, new)? {
+            return Ok(done);
+        }
         if self.placement(id)?.as_ref() != Some(old) {
             return Ok(false);
         }

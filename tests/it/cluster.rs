@@ -581,3 +581,124 @@ fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
     assert!(vault.read(ino, 0, data.len()).unwrap() == data);
     vault.shutdown().unwrap();
 }
+
+#[test]
+fn root_records_are_checked_and_the_newest_wins() {
+    use drizzle::metasync::{check_root, find_root};
+    use drizzle::root::RootRecord;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 4], 1 << 30));
+    let _stop = Stopper(nodes.clone());
+    let (vault, vnode, remote) = online_vault(
+        &rt,
+        &tmp.path().join("vault"),
+        nodes[0].listen_addrs(),
+        RemoteConfig::new(2, 4),
+    );
+    let _stop_v = Stopper(vec![vnode.clone()]);
+    wait_for("peer discovery", Duration::from_secs(30), || {
+        vnode.storage_peers().len() >= 4
+    });
+    let keys = VaultKeys::from_master(&[7u8; 32]);
+
+    // Nothing published yet: nothing found.
+    let look = rt.block_on(find_root(&vnode, &keys));
+    assert!(look.best.is_none());
+    assert_eq!(look.asked, 4);
+
+    write_file(&vault, "a", &pattern(100_000, 1));
+    vault.sync_all().unwrap();
+    rt.block_on(remote.wait_synced(|_| {})).unwrap();
+    let first = rt.block_on(remote.publish()).unwrap();
+    assert!(first.snapshot && first.peers == 4, "{first:?}");
+    let old = vault.publish_state().unwrap().root;
+
+    // A second publish with one change is a small journal head, not a snapshot.
+    write_file(&vault, "b", b"second");
+    vault.sync_all().unwrap();
+    rt.block_on(remote.wait_synced(|_| {})).unwrap();
+    let second = rt.block_on(remote.publish()).unwrap();
+    assert!(!second.snapshot && second.seq > first.seq, "{second:?}");
+    assert!(second.bytes < 64 * 1024, "{second:?}");
+    // Nothing changed: nothing published.
+    assert!(rt.block_on(remote.publish()).unwrap().unchanged);
+
+    let look = rt.block_on(find_root(&vnode, &keys));
+    assert_eq!(look.best.as_ref().unwrap().record.seq, second.seq);
+    assert_eq!(look.answered, 4);
+
+    // Replaying the older record: nodes holding the newer one refuse it.
+    let key = RootRecord::parse(&old).unwrap().key();
+    for n in &nodes {
+        let r = rt
+            .block_on(vnode.request(
+                n.peer_id(),
+                Request::RootPut {
+                    key,
+                    record: old.clone(),
+                },
+            ))
+            .unwrap();
+        assert!(
+            matches!(r, Response::Refused(ref why) if why.contains("not newer")),
+            "{r:?}"
+        );
+    }
+    // A new node that only ever saw the old record serves it; readers still
+    // take the highest valid sequence number.
+    let mut cfg = NodeConfig::new(tmp.path().join("stale"), 1 << 30);
+    cfg.listen = vec![loopback()];
+    cfg.peers = nodes[0].listen_addrs();
+    let stale = rt.block_on(NodeHandle::start(cfg)).unwrap();
+    let _stop_s = Stopper(vec![stale.clone()]);
+    assert!(matches!(
+        stale.keep_root(&key, &old).unwrap(),
+        drizzle::fragstore::RootOutcome::Stored
+    ));
+    wait_for("the stale node", Duration::from_secs(30), || {
+        vnode.storage_peers().len() >= 5
+    });
+    let look = rt.block_on(find_root(&vnode, &keys));
+    assert_eq!(look.best.unwrap().record.seq, second.seq);
+
+    // Forged records: a bad signature, or signed by another key, are
+    // refused by nodes and by readers.
+    let mut forged = RootRecord::parse(&old).unwrap();
+    forged.seq = 1_000;
+    let forged = forged.encode();
+    let other = VaultKeys::from_master(&[9u8; 32]);
+    let foreign = RootRecord::sign(
+        &other.root_signer(),
+        2_000,
+        drizzle::crypto::KdfParams::default_strong(),
+        vec![1, 2, 3],
+    )
+    .encode();
+    for bad in [&forged, &foreign] {
+        let r = rt
+            .block_on(vnode.request(
+                nodes[1].peer_id(),
+                Request::RootPut {
+                    key,
+                    record: bad.clone(),
+                },
+            ))
+            .unwrap();
+        assert!(matches!(r, Response::Refused(_)), "{r:?}");
+        assert!(check_root(&keys, bad).is_err());
+    }
+    // A record signed by the vault's key whose payload does not open is
+    // refused by the reader too.
+    let junk = RootRecord::sign(
+        &keys.root_signer(),
+        3_000,
+        drizzle::crypto::KdfParams::default_strong(),
+        vec![0; 40],
+    )
+    .encode();
+    assert!(check_root(&keys, &junk).is_err());
+    let look = rt.block_on(find_root(&vnode, &keys));
+    assert_eq!(look.best.unwrap().record.seq, second.seq);
+}

@@ -1,0 +1,225 @@
+//! Finding a vault on the network before a mount: recovery on an empty data
+//! dir (`drizzle mount --vault NAME`), taking up a newer version another
+//! device published, and `drizzle init` refusing a name and password that
+//! already have a vault.
+//!
+//! Each runs a short-lived node on the data dir's node directory (the same
+//! identity the mount uses afterwards) and stops it before the mount starts.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::cli::human_bytes;
+use crate::config::{VaultConfig, FORMAT_VERSION};
+use crate::crypto::{KdfParams, VaultKeys};
+use crate::metasync::{self, describe_time, FoundRoot, Lookup};
+use crate::net::{NodeConfig, NodeHandle};
+use crate::vault::Vault;
+
+/// How long a lookup waits for a first peer.
+const PEER_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs `f` with a node on `cfg`, then stops the node and its runtime
+/// (releasing the node's database for the mount that follows).
+fn with_node<T>(
+    cfg: NodeConfig,
+    f: impl AsyncFnOnce(&NodeHandle) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(async {
+        let node = NodeHandle::start(cfg)
+            .await
+            .context("starting the network node")?;
+        let r = f(&node).await;
+        node.stop();
+        r
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    r
+}
+
+/// Waits for peers and asks them (and the DHT) for the vault's root.
+async fn lookup(node: &NodeHandle, keys: &VaultKeys) -> Lookup {
+    metasync::wait_for_peers(node, PEER_WAIT).await;
+    metasync::find_root(node, keys).await
+}
+
+fn say(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// Recovers vault `name` into the empty data dir: finds its root, fetches
+/// and checks its metadata, and writes the vault config. File contents stay
+/// on peers until read.
+pub fn recover(
+    data_dir: &Path,
+    name: &str,
+    password: &str,
+    kdf: KdfParams,
+    node: NodeConfig,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    say(&format!(
+        "recovering vault '{name}' from the network (deriving keys)..."
+    ));
+    let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
+    let bar = std::io::stderr().is_terminal();
+    let dir = data_dir.to_path_buf();
+    let (found, fetched) = with_node(node, async |node| {
+        let look = lookup(node, &keys).await;
+        let Some(found) = look.best else {
+            bail!(not_found(name, &look));
+        };
+        say(&format!(
+            "found vault '{name}' (version {}, published {}); fetching its metadata...",
+            found.record.seq,
+            describe_time(found.payload.time)
+        ));
+        let p = metasync::pull_into(node, &keys, &found, &dir, None, |p| {
+            if bar {
+                eprint!(
+                    "\r  {} of {} metadata objects, {}   ",
+                    p.objects,
+                    p.total_objects,
+                    human_bytes(p.bytes)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .await
+        .map_err(|e| anyhow!("recovering vault '{name}' failed: {e}"))?;
+        if bar {
+            eprintln!();
+        }
+        Ok((found, p))
+    })?;
+    write_config(data_dir, name, &keys, &found)?;
+    say(&format!(
+        "recovered vault '{name}': {} of metadata in {} objects, {:.1} s; file contents are fetched when read",
+        human_bytes(fetched.bytes),
+        fetched.objects,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn not_found(name: &str, look: &Lookup) -> String {
+    let mut msg = format!(
+        "no vault named '{name}' with this password was found on the network ({} peers asked, {} answered",
+        look.asked, look.answered
+    );
+    if look.invalid > 0 {
+        msg.push_str(&format!(", {} invalid records ignored", look.invalid));
+    }
+    msg.push_str("); check the name and the password, and give a reachable peer with --peer ADDR");
+    msg
+}
+
+fn write_config(
+    data_dir: &Path,
+    name: &str,
+    keys: &VaultKeys,
+    found: &FoundRoot,
+) -> anyhow::Result<()> {
+    let cfg = VaultConfig {
+        format: FORMAT_VERSION,
+        vault: name.to_string(),
+        kdf: found.record.kdf,
+        key_check: keys.key_check(),
+        k: found.payload.k,
+        n: found.payload.n,
+    };
+    cfg.create(data_dir)?;
+    Ok(())
+}
+
+/// Before mounting an existing vault: if another device published a newer
+/// version that includes this device's, and this device has no changes of
+/// its own waiting, take it up. A version that does not include this
+/// device's is a conflict: this device keeps its own and says so.
+pub fn update_from_network(
+    data_dir: &Path,
+    cfg: &VaultConfig,
+    keys: &VaultKeys,
+    node: NodeConfig,
+) -> anyhow::Result<()> {
+    let (st, pending) = Vault::local_publish_state(data_dir, keys)?;
+    let dir = data_dir.to_path_buf();
+    with_node(node, async |node| {
+        if metasync::wait_for_peers(node, Duration::from_secs(5)).await == 0 {
+            tracing::info!("no peers reachable: mounting the local state");
+            return Ok(());
+        }
+        let look = metasync::find_root(node, keys).await;
+        let Some(found) = look.best else {
+            return Ok(());
+        };
+        let p = &found.payload;
+        if st.head == Some(p.head.id)
+            || p.device == st.device
+            || crate::vault::replica::includes(&st.vv, &p.vv)
+        {
+            return Ok(());
+        }
+        let newer = crate::vault::replica::includes(&p.vv, &st.vv);
+        if !newer || pending {
+            eprintln!(
+                "warning: another device published a different version of vault '{}' ({}); \
+                 this device keeps its own{}. The next sync from here replaces the other \
+                 version (last synced wins)",
+                cfg.vault,
+                describe_time(p.time),
+                if pending {
+                    " and its unsynced changes"
+                } else {
+                    ""
+                }
+            );
+            return Ok(());
+        }
+        say(&format!(
+            "taking up the newer version of vault '{}' another device published {}...",
+            cfg.vault,
+            describe_time(p.time)
+        ));
+        let got = metasync::pull_into(node, keys, &found, &dir, Some(st.device), |_| {})
+            .await
+            .map_err(|e| anyhow!("updating from the network failed: {e}"))?;
+        say(&format!(
+            "updated to version {} ({} of metadata)",
+            found.record.seq,
+            human_bytes(got.bytes)
+        ));
+        Ok(())
+    })
+}
+
+/// `drizzle init` with peers: refuses a name and password that already
+/// have a vault on the network.
+pub fn refuse_existing(name: &str, keys: &VaultKeys, node: NodeConfig) -> anyhow::Result<()> {
+    with_node(node, async |node| {
+        if metasync::wait_for_peers(node, PEER_WAIT).await == 0 {
+            eprintln!(
+                "warning: no peer was reachable, so drizzle could not check whether vault '{name}' already exists"
+            );
+            return Ok(());
+        }
+        let look = metasync::find_root(node, keys).await;
+        if let Some(found) = look.best {
+            bail!(
+                "a vault named '{name}' with this password already exists on the network \
+                 (version {}, published {}); to use it here, mount it on an empty data dir: \
+                 drizzle mount MOUNTPOINT --vault '{name}' --peer ADDR",
+                found.record.seq,
+                describe_time(found.payload.time)
+            );
+        }
+        Ok(())
+    })
+}
