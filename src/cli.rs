@@ -807,6 +807,7 @@ fn mount_foreground(
         }
     };
     let mut remote = crate::remote::RemoteConfig::new(cfg.k, cfg.n);
+    remote.kdf = cfg.kdf;
     remote.lease_secs = setup.lease_secs;
     if let Some(s) = setup.lost_after {
         remote.lost_after = Duration::from_secs(s);

@@ -74,7 +74,11 @@ pub fn recover(
     let (found, fetched) = with_node(node, async |node| {
         let look = lookup(node, &keys).await;
         let Some(found) = look.best else {
-            bail!(not_found(name, &look));
+            let mut msg = not_found(name, &look);
+            if let Some(other) = other_kdf_hint(kdf) {
+                msg.push_str(&other);
+            }
+            bail!(msg);
         };
         say(&format!(
             "found vault '{name}' (version {}, published {}); fetching its metadata...",
@@ -99,7 +103,8 @@ pub fn recover(
         }
         Ok((found, p))
     })?;
-    write_config(data_dir, name, &keys, &found)?;
+    // The keys opened the root, so `kdf` is what the vault was made with.
+    write_config(data_dir, name, &keys, kdf, &found)?;
     say(&format!(
         "recovered vault '{name}': {} of metadata in {} objects, {:.1} s; file contents are fetched when read",
         human_bytes(fetched.bytes),
@@ -107,6 +112,13 @@ pub fn recover(
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// A hint for vaults made with non-default Argon2 parameters.
+fn other_kdf_hint(used: KdfParams) -> Option<String> {
+    (used == KdfParams::default_strong()).then(|| {
+        " (a vault created with other --kdf-memory/--kdf-passes needs the same values here)".into()
+    })
 }
 
 fn not_found(name: &str, look: &Lookup) -> String {
@@ -125,12 +137,13 @@ fn write_config(
     data_dir: &Path,
     name: &str,
     keys: &VaultKeys,
+    kdf: KdfParams,
     found: &FoundRoot,
 ) -> anyhow::Result<()> {
     let cfg = VaultConfig {
         format: FORMAT_VERSION,
         vault: name.to_string(),
-        kdf: found.record.kdf,
+        kdf,
         key_check: keys.key_check(),
         k: found.payload.k,
         n: found.payload.n,

@@ -7,5 +7,6 @@ mod cluster;
 mod data;
 mod network;
 mod posix;
+mod recovery;
 mod service;
 mod support;

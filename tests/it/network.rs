@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::support::{assert_same_tree, local_net_args, pattern, Drive, Node};
 
 /// Copies a real tree (part of /usr/include) plus some large files into `dst`.
-fn sample_tree(dst: &Path) {
+pub fn sample_tree(dst: &Path) {
     std::fs::create_dir_all(dst.join("linux")).unwrap();
     copy_in(Path::new("/usr/include/linux"), &dst.join("linux"));
     std::fs::write(dst.join("big.bin"), pattern((13 << 20) + 12345, 1)).unwrap();
@@ -16,7 +16,7 @@ fn sample_tree(dst: &Path) {
 }
 
 /// `cp -a SRC/. MNT`, as a backup user would.
-fn copy_in(src: &Path, mnt: &Path) {
+pub fn copy_in(src: &Path, mnt: &Path) {
     let out = Command::new("cp")
         .arg("-a")
         .arg(src.join("."))
@@ -31,7 +31,7 @@ fn copy_in(src: &Path, mnt: &Path) {
 }
 
 /// `drizzle sync` must succeed.
-fn sync_ok(d: &Drive) {
+pub fn sync_ok(d: &Drive) {
     let out = d.sync_network();
     assert!(
         out.status.success(),
@@ -41,7 +41,7 @@ fn sync_ok(d: &Drive) {
     );
 }
 
-fn peer_args(d: &mut Drive, nodes: &[Node], cache: Option<&str>) {
+pub fn peer_args(d: &mut Drive, nodes: &[Node], cache: Option<&str>) {
     d.mount_args = local_net_args();
     for n in nodes {
         d.mount_args.push("--peer".into());

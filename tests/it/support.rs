@@ -70,8 +70,8 @@ impl Drive {
         Self::init_with(name, &[])
     }
 
-    /// A new vault with extra `init` arguments (e.g. `--k 3 --n 5`).
-    pub fn init_with(name: &str, extra: &[&str]) -> Drive {
+    /// An empty data dir and mount point (a new machine): no vault yet.
+    pub fn blank() -> Drive {
         let tmp = tempfile::Builder::new()
             .prefix("drizzle-it-")
             .tempdir()
@@ -79,7 +79,7 @@ impl Drive {
         let data = tmp.path().join("data");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let d = Drive {
+        Drive {
             tmp,
             data,
             mnt,
@@ -87,7 +87,12 @@ impl Drive {
             mount_args: local_net_args(),
             log_filter: None,
             pid: None,
-        };
+        }
+    }
+
+    /// A new vault with extra `init` arguments (e.g. `--k 3 --n 5`).
+    pub fn init_with(name: &str, extra: &[&str]) -> Drive {
+        let d = Self::blank();
         let mut args = vec!["init", "--vault", name, "--kdf-memory", "64M"];
         args.extend_from_slice(extra);
         let out = d.drizzle(&args);

@@ -1,0 +1,208 @@
+//! Recovery from the vault name and password alone: `drizzle node`
+//! processes, a vault that syncs, loses its data dir and is mounted again
+//! on an empty one; wrong passwords; two devices of one vault.
+
+use std::path::Path;
+
+use crate::network::{copy_in, peer_args, sample_tree, sync_ok};
+use crate::support::{assert_same_tree, Drive, Node};
+
+fn nodes(count: usize) -> Vec<Node> {
+    let first = Node::start("1G", &[]);
+    let a = first.addr.clone();
+    let mut v = vec![first];
+    for _ in 1..count {
+        v.push(Node::start("1G", &[&a]));
+    }
+    v
+}
+
+/// Mount arguments that recover `name` on an empty data dir.
+fn recovery_args(d: &mut Drive, nodes: &[Node], name: &str) {
+    peer_args(d, nodes, Some("0"));
+    for a in ["--vault", name, "--kdf-memory", "64M"] {
+        d.mount_args.push(a.into());
+    }
+}
+
+/// Devices that store nothing for others: a remounting device must not
+/// take fragments of the other one offline.
+fn devices_only(d: &mut Drive, nodes: &[Node]) {
+    peer_args(d, nodes, None);
+    for a in d.mount_args.iter_mut() {
+        if a == "256M" {
+            *a = "0".into();
+        }
+    }
+}
+
+fn mount_out(d: &Drive) -> std::process::Output {
+    let mnt = d.mnt.to_str().unwrap().to_string();
+    let mut args = vec!["mount", mnt.as_str()];
+    args.extend(d.mount_args.iter().map(String::as_str));
+    d.drizzle(&args)
+}
+
+fn is_mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(p.to_str().unwrap()))
+}
+
+#[test]
+fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
+    let mut nodes = nodes(7);
+    let mut d = Drive::init_with("lost-laptop", &["--k", "3", "--n", "6"]);
+    peer_args(&mut d, &nodes, None);
+    d.mount();
+    let src = d.tmp.path().join("src");
+    sample_tree(&src);
+    std::os::unix::fs::symlink("linux/if.h", src.join("link")).unwrap();
+    std::fs::create_dir_all(src.join("empty-dir/deeper")).unwrap();
+    copy_in(&src, &d.mnt);
+    sync_ok(&d);
+    let st = d.status();
+    assert!(st["metadata"]["root_seq"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["metadata"]["unpublished_changes"], 0, "{st}");
+    d.umount();
+
+    // The machine is lost: only the name and the password remain.
+    std::fs::remove_dir_all(&d.data).unwrap();
+    let mut r = Drive::blank();
+    recovery_args(&mut r, &nodes, "lost-laptop");
+    let out = mount_out(&r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "recovery failed: {err}\n{}", r.log());
+    assert!(err.contains("recovered vault 'lost-laptop'"), "{err}");
+    r.umount_unrecorded();
+    r.mount_args
+        .retain(|a| a != "--vault" && a != "lost-laptop");
+    r.mount();
+    assert_same_tree(&src, &r.mnt);
+    // The recovered vault is a working vault: it writes and syncs.
+    std::fs::write(r.p("after-recovery.txt"), b"still here\n").unwrap();
+    sync_ok(&r);
+    r.umount();
+
+    // Again with n - k = 3 fragment holders gone.
+    for n in nodes.iter_mut().take(3) {
+        n.kill();
+    }
+    let mut r2 = Drive::blank();
+    recovery_args(&mut r2, &nodes[3..], "lost-laptop");
+    let out = mount_out(&r2);
+    assert!(
+        out.status.success(),
+        "recovery failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r2.log()
+    );
+    r2.umount_unrecorded();
+    r2.mount_args
+        .retain(|a| a != "--vault" && a != "lost-laptop");
+    r2.mount();
+    std::fs::write(src.join("after-recovery.txt"), b"still here\n").unwrap();
+    assert_same_tree(&src, &r2.mnt);
+    r2.umount();
+
+    // A wrong password finds nothing and mounts nothing.
+    let mut w = Drive::blank();
+    w.password = "a different but strong passphrase 42".into();
+    recovery_args(&mut w, &nodes[3..], "lost-laptop");
+    let out = mount_out(&w);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no vault named 'lost-laptop' with this password was found")
+            && err.contains("4 peers asked"),
+        "{err}"
+    );
+    assert!(!is_mounted(&w.mnt));
+    assert!(!w.data.join("vault.json").exists());
+
+    // init refuses a name and password that already have a vault.
+    let x = Drive::blank();
+    let peer = nodes[3].addr.clone();
+    let out = x.drizzle(&[
+        "init",
+        "--vault",
+        "lost-laptop",
+        "--kdf-memory",
+        "64M",
+        "--peer",
+        &peer,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already exists on the network"), "{err}");
+    assert!(!x.data.join("vault.json").exists());
+}
+
+#[test]
+fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
+    let nodes = nodes(4);
+    let mut a = Drive::init_with("shared", &["--k", "2", "--n", "4"]);
+    devices_only(&mut a, &nodes);
+    a.mount();
+    std::fs::write(a.p("from-a.txt"), b"written on A\n").unwrap();
+    sync_ok(&a);
+
+    // Device B: recovered from the network, adds a file, syncs.
+    let mut b = Drive::blank();
+    recovery_args(&mut b, &nodes, "shared");
+    let out = mount_out(&b);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.umount_unrecorded();
+    devices_only(&mut b, &nodes);
+    b.mount();
+    assert_eq!(std::fs::read(b.p("from-a.txt")).unwrap(), b"written on A\n");
+    std::fs::write(b.p("from-b.txt"), b"written on B\n").unwrap();
+    sync_ok(&b);
+
+    // A sees B's synced change after a remount.
+    a.remount();
+    assert_eq!(std::fs::read(a.p("from-b.txt")).unwrap(), b"written on B\n");
+
+    // Both write without seeing each other: the last sync wins the root,
+    // the conflict is reported, and neither device loses its own files.
+    std::fs::write(a.p("only-a.txt"), b"A alone\n").unwrap();
+    std::fs::write(b.p("only-b.txt"), b"B alone\n").unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    let st = b.status();
+    let conflict = st["metadata"]["conflict"].as_str().unwrap_or_default();
+    assert!(conflict.contains("last synced wins"), "{st}");
+    a.umount();
+    let mnt = a.mnt.to_str().unwrap().to_string();
+    let mut args = vec!["mount", mnt.as_str()];
+    args.extend(a.mount_args.iter().map(String::as_str));
+    let out = a.drizzle(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("different version"), "{err}");
+    a.umount_unrecorded();
+    a.mount();
+    assert_eq!(std::fs::read(a.p("only-a.txt")).unwrap(), b"A alone\n");
+    assert_eq!(std::fs::read(b.p("only-b.txt")).unwrap(), b"B alone\n");
+    assert!(!a.p("only-b.txt").exists());
+    a.umount();
+    b.umount();
+
+    // A new machine gets the last synced version (B's).
+    let mut c = Drive::blank();
+    recovery_args(&mut c, &nodes, "shared");
+    let out = mount_out(&c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(c.p("only-b.txt")).unwrap(), b"B alone\n");
+    assert_eq!(std::fs::read(c.p("from-a.txt")).unwrap(), b"written on A\n");
+    c.umount_unrecorded();
+}
