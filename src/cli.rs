@@ -708,8 +708,8 @@ fn mount(
         // An empty data dir and a vault name: recover it from the network.
         let Some(name) = want else {
             bail!(
-                "{} holds no vault: create one with drizzle init --vault NAME, or recover one \
-                 from the network with drizzle mount MOUNTPOINT --vault NAME --peer ADDR",
+                "{} is not a drizzle vault (no vault.json): create one with drizzle init --vault NAME, \
+                 or recover one from the network with drizzle mount MOUNTPOINT --vault NAME --peer ADDR",
                 data_dir.display()
             );
         };

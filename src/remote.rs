@@ -183,7 +183,7 @@ impl Remote {
         // What this vault already stores on each peer counts in the ledger
         // (a scan of every placement: off the async workers).
         let (v, n2) = (vault.clone(), node.clone());
-        tokio::task::spawn_blocking(move || match v.placements() {
+        tokio::task::spawn_blocking(move || match v.all_placements() {
             Ok(all) => {
                 for (_, p) in all {
                     let each = coder::Layout::new(p.len as usize, p.k)
@@ -479,7 +479,8 @@ impl Remote {
         loop {
             tokio::time::sleep(every).await;
             let vault = self.vault.clone();
-            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
+            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await
+            else {
                 continue;
             };
             let by_peer = group_by_peer(
@@ -582,7 +583,8 @@ impl Remote {
         loop {
             tokio::time::sleep(self.cfg.repair_every).await;
             let vault = self.vault.clone();
-            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.placements()).await else {
+            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await
+            else {
                 continue;
             };
             let missing = self.audit(&all).await;

@@ -226,10 +226,17 @@ impl Vault {
         }
     }
 
-    /// Every placement record, of file content and metadata objects (a
-    /// scan, for health reports, renewal, audits and repair).
-    pub fn placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
+    /// Every placement, of file content and metadata objects (a scan, for
+    /// renewal, audits and repair).
+    pub fn all_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
         let mut out = self.chain_placements()?;
+        out.extend(self.placements()?);
+        Ok(out)
+    }
+
+    /// Placements of file content (a scan, for health reports).
+    pub fn placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
+        let mut out = Vec::new();
         for (k, v) in self.store.scan(Cf::Placements, &[], usize::MAX)? {
             let p: Placement = decode(&open_record(&self.keys, Cf::Placements, &k, &v)?)
                 .map_err(|e| corrupt("placement", e))?;
