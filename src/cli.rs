@@ -875,7 +875,17 @@ fn sync(common: &Common, local: bool) -> anyhow::Result<()> {
     if local {
         println!("synced locally: every acknowledged write is sealed and stored on this machine");
     } else {
-        println!("synced: every acknowledged write is on peers at full redundancy");
+        println!(
+            "synced: every acknowledged write and the vault's metadata are on peers at full redundancy"
+        );
+        let conflict = daemon::request(&common.data_dir(), &Request::Status)
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.metadata)
+            .and_then(|m| m.conflict);
+        if let Some(c) = conflict {
+            eprintln!("warning: {c}");
+        }
     }
     Ok(())
 }
@@ -1042,6 +1052,24 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         );
         if let Some(e) = &sy.last_upload_error {
             println!("            last upload error: {e}");
+        }
+    }
+    if let Some(m) = &s.metadata {
+        if m.root_seq == 0 {
+            println!("metadata    not on the network yet (drizzle sync publishes it)");
+        } else {
+            println!(
+                "metadata    version {} on the network, published {}; {} changes not yet published",
+                m.root_seq,
+                crate::metasync::describe_time(m.root_time),
+                m.unpublished_changes
+            );
+        }
+        if let Some(c) = &m.conflict {
+            println!("            {c}");
+        }
+        if let Some(e) = &m.publish_error {
+            println!("            last publish error: {e}");
         }
     }
     Ok(())

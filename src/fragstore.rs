@@ -459,6 +459,39 @@ mod tests {
     }
 
     #[test]
+    fn root_records_only_move_forward_and_survive_restarts() {
+        use crate::root::RootRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let kdf = crate::crypto::KdfParams::default_strong();
+        let r1 = RootRecord::sign(&key, 1, kdf, vec![1]);
+        let r2 = RootRecord::sign(&key, 2, kdf, vec![2]);
+        let k = r1.key();
+        {
+            let fs = FragmentStore::open(dir.path(), 0, 0).unwrap();
+            assert_eq!(fs.put_root(&k, &r2.encode()).unwrap(), RootOutcome::Stored);
+            assert_eq!(fs.put_root(&k, &r2.encode()).unwrap(), RootOutcome::Same);
+            assert!(matches!(
+                fs.put_root(&k, &r1.encode()).unwrap(),
+                RootOutcome::Refused(_)
+            ));
+            let mut forged = r2.clone();
+            forged.seq = 9;
+            assert!(matches!(
+                fs.put_root(&k, &forged.encode()).unwrap(),
+                RootOutcome::Refused(_)
+            ));
+            assert!(matches!(
+                fs.put_root(&[0; 32], &r2.encode()).unwrap(),
+                RootOutcome::Refused(_)
+            ));
+        }
+        let fs = FragmentStore::open(dir.path(), 0, 0).unwrap();
+        assert_eq!(fs.get_root(&k).unwrap().unwrap(), r2.encode());
+        assert_eq!(fs.roots().unwrap().len(), 1);
+    }
+
+    #[test]
     fn leases_renew_cancel_and_expire() {
         let dir = tempfile::tempdir().unwrap();
         let frags = encode(&vec![4u8; 200_000], 1, 0..3).unwrap();

@@ -391,10 +391,7 @@ impl Remote {
         if let Ok(st) = self.vault.publish_state() {
             s.root_seq = st.seq;
             s.root_time = st.time;
-            s.unpublished_changes = self
-                .vault
-                .pending_journal(st.upto, usize::MAX)
-                .map_or(0, |v| v.len() as u64);
+            s.unpublished_changes = self.vault.journal_last().saturating_sub(st.upto);
         }
         s
     }
@@ -474,7 +471,10 @@ impl Remote {
             });
         }
         let entry_bytes: u64 = entries.iter().map(|(_, e)| e.len() as u64).sum();
+        // Over a conflict, a fresh snapshot: the new chain must not build on
+        // metadata objects the other device may release.
         let snapshot = st.head.is_none()
+            || conflict.is_some()
             || st.segments.len() >= MAX_SEGMENTS
             || entry_bytes as usize > MAX_HEAD_ENTRIES
             || st.chain_bytes + entry_bytes > st.snapshot_bytes.max(1 << 20);

@@ -404,11 +404,10 @@ impl Store {
     }
 
     /// The sequence number of the newest journal entry written (0: none).
-    pub fn journal_last(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .journal
+    pub fn journal_last(&self) -> u64 {
+        self.journal
             .as_ref()
-            .map_or(0, |n| *n.lock().unwrap_or_else(|p| p.into_inner()) - 1))
+            .map_or(0, |n| *n.lock().unwrap_or_else(|p| p.into_inner()) - 1)
     }
 
     /// Applies replicated changes from the network without journaling them
@@ -587,6 +586,48 @@ mod tests {
             Err(StoreError::Locked(_))
         ));
         assert_eq!(store.read_object(&sid).unwrap().unwrap(), small);
+    }
+
+    #[test]
+    fn replicated_changes_are_journaled_in_the_same_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.journal_last(), 0);
+        let mut b = Batch::default();
+        b.put(Cf::Inodes, b"i1".to_vec(), b"v1".to_vec());
+        b.put(Cf::Cached, b"c".to_vec(), b"x".to_vec());
+        store.write(b).unwrap();
+        // Only unreplicated families: no entry.
+        let mut b = Batch::default();
+        b.put(Cf::Uploads, b"u".to_vec(), b"".to_vec());
+        store.write(b).unwrap();
+        let mut b = Batch::default();
+        b.delete(Cf::Inodes, b"i1".to_vec());
+        b.put(Cf::Dirents, b"d".to_vec(), b"v2".to_vec());
+        store.write(b).unwrap();
+        let j = store.journal_since(0, usize::MAX).unwrap();
+        assert_eq!(j.len(), 2);
+        let first: Vec<Change> = postcard::from_bytes(&j[0].1).unwrap();
+        assert_eq!(first, vec![(1, b"i1".to_vec(), Some(b"v1".to_vec()))]);
+        let (upto, all) = store.dump_replicated().unwrap();
+        assert_eq!(upto, 2);
+        assert_eq!(all, vec![(2, b"d".to_vec(), Some(b"v2".to_vec()))]);
+        store.trim_journal(1).unwrap();
+        assert_eq!(store.journal_since(0, usize::MAX).unwrap().len(), 1);
+        drop(store);
+        // Numbering continues after a restart.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.journal_last(), 2);
+        // Imports replace the replicated families and are not journaled.
+        let other = tempfile::tempdir().unwrap();
+        let copy = Store::open(other.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Cf::Inodes, b"stale".to_vec(), b"x".to_vec());
+        copy.write(b).unwrap();
+        copy.import(true, &all).unwrap();
+        assert!(copy.get(Cf::Inodes, b"stale").unwrap().is_none());
+        assert_eq!(copy.get(Cf::Dirents, b"d").unwrap().unwrap(), b"v2");
+        assert!(copy.journal_since(0, usize::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -237,6 +237,11 @@ impl Vault {
         read_state(&self.store, &self.keys)
     }
 
+    /// The newest local journal entry's sequence number.
+    pub fn journal_last(&self) -> u64 {
+        self.store.journal_last()
+    }
+
     /// Local journal entries not yet published (up to about `max_bytes`).
     pub fn pending_journal(&self, after: u64, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self.store.journal_since(after, max_bytes)?)
@@ -429,7 +434,7 @@ impl Vault {
     pub fn trim_unpublished_journal(&self) -> Result<()> {
         let st = self.publish_state()?;
         if st.head.is_none() {
-            self.store.trim_journal(self.store.journal_last()?)?;
+            self.store.trim_journal(self.store.journal_last())?;
         }
         Ok(())
     }
@@ -486,7 +491,7 @@ impl Vault {
             head_entries,
             snapshot: pulled.meta.snapshot.iter().map(|r| r.id).collect(),
             segments: std::mem::take(&mut segments),
-            upto: store.journal_last()?,
+            upto: store.journal_last(),
             snapshot_bytes: pulled.meta.snapshot.iter().map(|r| r.placement.len).sum(),
             chain_bytes: pulled
                 .meta
