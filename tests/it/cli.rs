@@ -192,6 +192,11 @@ fn demo_runs_and_cleans_up() {
         stdout.contains("remaining nodes through the mount: identical"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("from its name and password alone")
+            && stdout.contains("from the peers: identical"),
+        "{stdout}"
+    );
     assert!(!mnt.exists(), "the demo left its mount point behind");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mnt.to_str().unwrap()));
