@@ -495,8 +495,10 @@ impl NodeHandle {
         Ok(out)
     }
 
-    /// Publishes a record in the DHT (the peers closest to its key keep it).
+    /// Publishes a root record in the DHT (the peers closest to its key
+    /// keep it). Only valid records leave (or enter this node's store).
     pub async fn dht_put(&self, key: &[u8; 32], value: Vec<u8>) -> Result<(), String> {
+        crate::root::RootRecord::check(&value, key).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         let mut record = kad::Record::new(kad::RecordKey::new(key), value);
         record.expires = None;

@@ -844,3 +844,106 @@ fn recovering_twenty_thousand_files_fetches_only_metadata() {
         took.as_secs_f64()
     );
 }
+
+#[test]
+fn the_dht_keeps_only_valid_root_records_and_serves_them() {
+    use drizzle::root::RootRecord;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 5], 1 << 20));
+    let _stop = Stopper(nodes.clone());
+    wait_for("peer discovery", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.storage_peers().len() >= 4)
+    });
+    let signer = VaultKeys::from_master(&[3u8; 32]).root_signer();
+    let kdf = drizzle::crypto::KdfParams::default_strong();
+    let good = RootRecord::sign(&signer, 7, kdf, vec![1; 100]);
+    let key = good.key();
+    let mut forged = good.clone();
+    forged.seq = 8;
+    let held = |n: &NodeHandle, from: &NodeHandle| {
+        rt.block_on(from.request(n.peer_id(), Request::RootGet { key }))
+            .unwrap()
+    };
+
+    // A forged record is not even sent; one a peer sends anyway (raw
+    // Kademlia PUT_VALUE) is kept by nobody.
+    assert!(rt
+        .block_on(nodes[0].dht_put(&key, forged.encode()))
+        .is_err());
+    raw_kad_put(&rt, &nodes[0], &key, forged.encode());
+    std::thread::sleep(Duration::from_millis(500));
+    for n in &nodes[..4] {
+        assert_eq!(held(n, &nodes[4]), Response::NotFound);
+    }
+    assert!(rt.block_on(nodes[4].dht_get(&key)).is_empty());
+
+    // A valid one is checked, kept (in each node's store, so it survives
+    // restarts) and served by the DHT to a node that never saw it.
+    rt.block_on(nodes[0].dht_put(&key, good.encode())).unwrap();
+    wait_for("DHT replication", Duration::from_secs(10), || {
+        nodes[1..]
+            .iter()
+            .filter(|n| held(n, &nodes[0]) == Response::Root(good.encode()))
+            .count()
+            >= 2
+    });
+    let found = rt.block_on(nodes[4].dht_get(&key));
+    assert!(found.contains(&good.encode()), "{} found", found.len());
+}
+
+/// Sends a Kademlia PUT_VALUE with any record to every node given, from a
+/// bare libp2p peer that checks nothing (what a hostile peer can do).
+fn raw_kad_put(rt: &tokio::runtime::Runtime, via: &NodeHandle, key: &[u8; 32], value: Vec<u8>) {
+    use futures::StreamExt;
+    use libp2p::kad;
+    use libp2p::swarm::SwarmEvent;
+
+    let addr = via.listen_addrs()[0].clone();
+    let target = via.peer_id();
+    let key = *key;
+    rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                Default::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|k| {
+                let id = k.public().to_peer_id();
+                let cfg = kad::Config::new(libp2p::StreamProtocol::new("/drizzle/kad/1"));
+                let mut b =
+                    kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), cfg);
+                b.set_mode(Some(kad::Mode::Server));
+                b
+            })
+            .unwrap()
+            .build();
+        let (plain, _) = drizzle::net::split_peer_addr(&addr);
+        swarm.behaviour_mut().add_address(&target, plain);
+        swarm.dial(addr).unwrap();
+        let record = kad::Record::new(kad::RecordKey::new(&key), value);
+        let q = swarm.behaviour_mut().put_record_to(
+            record,
+            std::iter::once(target),
+            kad::Quorum::One,
+        );
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed { id, .. }) = ev {
+                        if id == q {
+                            break;
+                        }
+                    }
+                }
+                _ = &mut deadline => break,
+            }
+        }
+    });
+}
