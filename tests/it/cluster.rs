@@ -878,6 +878,13 @@ fn the_dht_keeps_only_valid_root_records_and_serves_them() {
         assert_eq!(held(n, &nodes[4]), Response::NotFound);
     }
     assert!(rt.block_on(nodes[4].dht_get(&key)).is_empty());
+    // The same raw path with a valid record works: the refusal above was
+    // the check, not the path.
+    let older = RootRecord::sign(&signer, 6, kdf, vec![2; 10]);
+    raw_kad_put(&rt, &nodes[0], &key, older.encode());
+    wait_for("raw put", Duration::from_secs(10), || {
+        held(&nodes[0], &nodes[4]) == Response::Root(older.encode())
+    });
 
     // A valid one is checked, kept (in each node's store, so it survives
     // restarts) and served by the DHT to a node that never saw it.
