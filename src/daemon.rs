@@ -607,9 +607,12 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
                         let r = match sync_with_progress(&m.remote, &mut wr).await {
                             // Then the metadata and the root record, so the
                             // vault can be recovered from its name and password.
-                            Ok(_) => m.remote.publish().await.map(|_| ()).map_err(|e| {
-                                format!("every object is on peers, but publishing the metadata failed: {e}")
-                            }),
+                            Ok(_) => match m.remote.publish().await {
+                                Err(e) => Err(format!(
+                                    "every object is on peers, but publishing the metadata failed: {e}"
+                                )),
+                                Ok(_) => metadata_redundancy(&m.remote),
+                            },
                             Err(e) => Err(e),
                         };
                         Response::done(r, "sync incomplete")
@@ -633,6 +636,22 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
     let mut out = serde_json::to_string(&resp)?;
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+/// After a publish: the metadata objects must be at full redundancy too.
+fn metadata_redundancy(remote: &Remote) -> Result<(), String> {
+    let h = tokio::task::block_in_place(|| remote.metadata_health())?;
+    if h.degraded + h.lost > 0 {
+        let (_, n) = remote.redundancy();
+        return Err(format!(
+            "the metadata is published, but {} of {} metadata objects are below full redundancy \
+             ({} storage peers connected; each needs {n} distinct peers)",
+            h.degraded + h.lost,
+            h.healthy + h.degraded + h.lost,
+            remote.node().storage_peers().len()
+        ));
+    }
     Ok(())
 }
 

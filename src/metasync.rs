@@ -410,6 +410,13 @@ impl Remote {
     }
 
     async fn publish_inner(&self) -> Result<Published, String> {
+        if self.node.storage_peers().is_empty() {
+            return Err(
+                "no storage peers are reachable, so the metadata cannot be published; \
+                 start contribution nodes (drizzle node) or mount with --peer ADDR"
+                    .into(),
+            );
+        }
         let vault = self.vault.clone();
         let (mut st, entries) = tokio::task::spawn_blocking(move || {
             let st = vault.publish_state()?;

@@ -770,8 +770,22 @@ impl Remote {
         Ok(moved + frag_len * m as u64)
     }
 
-    /// Redundancy of every placed object, by which holders are connected.
+    /// Redundancy of every placed file-content object, by which holders
+    /// are connected.
     pub fn health(&self) -> Result<Health, String> {
+        self.health_of(self.vault.placements().map_err(|e| e.to_string())?)
+    }
+
+    /// Redundancy of the metadata objects the published root names.
+    pub fn metadata_health(&self) -> Result<Health, String> {
+        self.health_of(
+            self.vault
+                .metadata_placements()
+                .map_err(|e| e.to_string())?,
+        )
+    }
+
+    fn health_of(&self, placements: Vec<(ObjectId, Placement)>) -> Result<Health, String> {
         let connected: HashSet<Vec<u8>> = self
             .node
             .peers()
@@ -780,7 +794,7 @@ impl Remote {
             .map(|(id, _)| peer_bytes(&id))
             .collect();
         let mut h = Health::default();
-        for (_, p) in self.vault.placements().map_err(|e| e.to_string())? {
+        for (_, p) in placements {
             let all: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
             if all.len() < p.fragments.len() {
                 h.crowded += 1;

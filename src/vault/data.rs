@@ -128,7 +128,9 @@ impl Vault {
             if let Ok(Some(r)) =
                 self.get_record::<ChunkRef>(Cf::Chunks, &chunk_key(ino, next), "chunk map")
             {
-                self.prefetch(r.object);
+                if let Some(object) = r.object() {
+                    self.prefetch(object);
+                }
             }
         }
         Ok(out)
@@ -150,12 +152,17 @@ impl Vault {
             else {
                 return Ok(None);
             };
-            match self.load_object(&r.object) {
+            let object = match (r.inline_content(), r.object()) {
+                (Some(d), _) => return Ok(Some(Arc::new(d))),
+                (None, Some(o)) => o,
+                (None, None) => unreachable!("a chunk is inline or an object"),
+            };
+            match self.load_object(&object) {
                 Ok(d) => return Ok(Some(d)),
                 Err(VaultError::NotFound) if attempt == 0 => continue,
                 Err(VaultError::NotFound) => {
                     return Err(corrupt(
-                        format!("object {}", r.object),
+                        format!("object {object}"),
                         "missing from the local store",
                     ))
                 }
@@ -311,7 +318,11 @@ impl Vault {
                 if let Some(r) =
                     self.get_record::<ChunkRef>(Cf::Chunks, &chunk_key(ino, index), "chunk map")?
                 {
-                    base = self.load_object(&r.object)?.as_ref().clone();
+                    base = match (r.inline_content(), r.object()) {
+                        (Some(d), _) => d,
+                        (None, Some(o)) => self.load_object(&o)?.as_ref().clone(),
+                        (None, None) => Vec::new(),
+                    };
                     base.truncate(chunk::len_in_file(index, size));
                 }
             }
@@ -364,7 +375,9 @@ impl Vault {
             {
                 let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
                     .map_err(|e| corrupt("chunk map", e))?;
-                self.unref_object(&mut batch, &r.object);
+                if let Some(o) = r.object() {
+                    self.unref_object(&mut batch, &o);
+                }
                 batch.delete(Cf::Chunks, k);
             }
             let within = (size % CHUNK_SIZE as u64) as usize;
@@ -621,9 +634,10 @@ impl Vault {
         data: Arc<Vec<u8>>,
     ) -> Result<()> {
         let hole = data.iter().all(|b| *b == 0);
+        let inline = !hole && data.len() <= INLINE_CHUNK_MAX;
         let mut batch = Txn::default();
         let mut object = None;
-        if !hole {
+        if !hole && !inline {
             let sealed = self.keys.seal_object(&data);
             let id = ObjectId::of(&sealed);
             let known = {
@@ -670,23 +684,27 @@ impl Vault {
         let key = chunk_key(ino, index);
         let old: Option<ChunkRef> = self.get_record(Cf::Chunks, &key, "chunk map")?;
         let new = object.map(|(id, size, _)| (id, size));
-        if old.map(|r| r.object) != new.map(|(id, _)| id) {
-            if let Some((id, size)) = new {
-                self.ref_object(&mut batch, &id, size);
-                self.put_record(
-                    &mut batch,
-                    Cf::Chunks,
-                    &key,
-                    &ChunkRef {
-                        object: id,
-                        len: data.len() as u32,
-                    },
-                );
-            } else {
-                batch.delete(Cf::Chunks, key.to_vec());
+        let new_ref = match new {
+            Some((id, _)) => Some(ChunkRef::Object {
+                object: id,
+                len: data.len() as u32,
+            }),
+            None if inline => Some(ChunkRef::inline(&data)),
+            None => None,
+        };
+        if old != new_ref {
+            let old_object = old.as_ref().and_then(ChunkRef::object);
+            if old_object != new.map(|(id, _)| id) {
+                if let Some((id, size)) = new {
+                    self.ref_object(&mut batch, &id, size);
+                }
+                if let Some(o) = old_object {
+                    self.unref_object(&mut batch, &o);
+                }
             }
-            if let Some(r) = old {
-                self.unref_object(&mut batch, &r.object);
+            match &new_ref {
+                Some(r) => self.put_record(&mut batch, Cf::Chunks, &key, r),
+                None => batch.delete(Cf::Chunks, key.to_vec()),
             }
         }
         let f = inner.files.get_mut(&ino).expect("checked above");

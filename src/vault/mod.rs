@@ -650,7 +650,9 @@ impl Vault {
         for (k, v) in self.store.scan(Cf::Chunks, &ino_key(ino), usize::MAX)? {
             let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
                 .map_err(|e| corrupt("chunk map", e))?;
-            self.unref_object(batch, &r.object);
+            if let Some(o) = r.object() {
+                self.unref_object(batch, &o);
+            }
             batch.delete(Cf::Chunks, k);
         }
         for (k, _) in self.store.scan(Cf::Xattrs, &ino_key(ino), usize::MAX)? {

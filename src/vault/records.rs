@@ -121,11 +121,49 @@ pub struct Dirent {
 }
 
 /// Where a chunk's content lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRef {
-    pub object: ObjectId,
-    /// Plaintext length.
-    pub len: u32,
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRef {
+    /// In a sealed object (`len`: plaintext length).
+    Object { object: ObjectId, len: u32 },
+    /// Small content kept in the (sealed) record itself, zero-padded to a
+    /// multiple of [`INLINE_PAD`] bytes; the first `len` bytes are the chunk.
+    /// No object, no upload, no placement: tiny files cost metadata only.
+    Inline { len: u32, data: Vec<u8> },
+}
+
+/// Chunks up to this many bytes are kept inline in their record.
+pub const INLINE_CHUNK_MAX: usize = 4096;
+/// Inline content is padded to a multiple of this (hides exact sizes).
+pub const INLINE_PAD: usize = 256;
+
+impl ChunkRef {
+    /// The object holding the content, unless it is inline.
+    pub fn object(&self) -> Option<ObjectId> {
+        match self {
+            ChunkRef::Object { object, .. } => Some(*object),
+            ChunkRef::Inline { .. } => None,
+        }
+    }
+
+    /// An inline reference to `content` (at most [`INLINE_CHUNK_MAX`]).
+    pub fn inline(content: &[u8]) -> Self {
+        let mut data = content.to_vec();
+        data.resize(content.len().div_ceil(INLINE_PAD) * INLINE_PAD, 0);
+        ChunkRef::Inline {
+            len: content.len() as u32,
+            data,
+        }
+    }
+
+    /// Inline content, if this chunk is inline (None for objects).
+    pub fn inline_content(&self) -> Option<Vec<u8>> {
+        match self {
+            ChunkRef::Inline { len, data } => {
+                Some(data[..(*len as usize).min(data.len())].to_vec())
+            }
+            ChunkRef::Object { .. } => None,
+        }
+    }
 }
 
 /// Reference count of a stored object.

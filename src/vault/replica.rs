@@ -337,6 +337,11 @@ impl Vault {
         Ok(true)
     }
 
+    /// Placements of the metadata objects on peers.
+    pub fn metadata_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
+        self.chain_placements()
+    }
+
     /// Placements of every metadata object on peers.
     pub(super) fn chain_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
         let mut out = Vec::new();

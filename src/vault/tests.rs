@@ -116,6 +116,50 @@ fn namespace_rules() {
 }
 
 #[test]
+fn tiny_chunks_live_inline_and_move_to_objects_when_they_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    Vault::create(dir.path(), &keys(), 0, 0).unwrap();
+    let f = {
+        let v = open(dir.path());
+        let f = file(&v, ROOT_INO, "tiny");
+        v.open_file(f).unwrap();
+        v.write(f, 0, b"hello inline").unwrap();
+        v.release(f).unwrap();
+        v.sync_all().unwrap();
+        let s = v.stats().unwrap();
+        assert_eq!((s.objects, s.stored_bytes), (0, 0));
+        assert_eq!(v.upload_backlog().objects, 0);
+        v.shutdown().unwrap();
+        f
+    };
+    let v = open(dir.path());
+    v.open_file(f).unwrap();
+    assert_eq!(v.read(f, 0, 100).unwrap(), b"hello inline");
+    // Growing past the inline limit makes an object ...
+    let big = vec![7u8; INLINE_CHUNK_MAX + 1];
+    v.write(f, 0, &big).unwrap();
+    v.fsync(f).unwrap();
+    assert_eq!(v.stats().unwrap().objects, 1);
+    assert_eq!(v.read(f, 0, big.len() + 10).unwrap(), big);
+    // ... and shrinking back frees it.
+    v.setattr(
+        f,
+        SetAttr {
+            size: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    v.fsync(f).unwrap();
+    assert_eq!(v.stats().unwrap().objects, 0);
+    assert_eq!(v.read(f, 0, 100).unwrap(), vec![7u8; 5]);
+    v.release(f).unwrap();
+    v.unlink(ROOT_INO, b"tiny").unwrap();
+    v.sync_all().unwrap();
+    assert_eq!(v.stats().unwrap().objects, 0);
+}
+
+#[test]
 fn data_survives_reopen_and_unlinked_open_files_are_freed() {
     let dir = tempfile::tempdir().unwrap();
     Vault::create(dir.path(), &keys(), 0, 0).unwrap();
@@ -135,7 +179,8 @@ fn data_survives_reopen_and_unlinked_open_files_are_freed() {
         v.fsync(gone).unwrap();
         v.unlink(ROOT_INO, b"gone").unwrap(); // still open: becomes an orphan
         v.sync_metadata().unwrap();
-        assert_eq!(v.stats().unwrap().objects, 5);
+        // 3 for `big`; `gone` has one object and a 1-byte inline chunk.
+        assert_eq!(v.stats().unwrap().objects, 4);
         v.shutdown().unwrap();
         (f, gone)
     };

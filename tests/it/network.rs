@@ -122,7 +122,8 @@ fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
 fn sync_without_enough_peers_fails_clearly_and_keeps_data() {
     let mut d = Drive::init_with("lonely", &["--k", "2", "--n", "4"]);
     d.mount();
-    std::fs::write(d.p("a.txt"), b"still here").unwrap();
+    let data = pattern(10_000, 3);
+    std::fs::write(d.p("a.txt"), &data).unwrap();
     let out = d.sync_network();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -152,7 +153,7 @@ fn sync_without_enough_peers_fails_clearly_and_keeps_data() {
     ] {
         assert!(human.contains(want), "status lacks {want:?}:\n{human}");
     }
-    assert_eq!(std::fs::read(d.p("a.txt")).unwrap(), b"still here");
+    assert_eq!(std::fs::read(d.p("a.txt")).unwrap(), data);
     d.umount();
 }
 
