@@ -148,8 +148,14 @@ pub struct MountNetArgs {
     /// Seconds between checks for lost holders (default 60).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub repair_every_secs: Option<u64>,
+    /// Seconds between background publishes of changed metadata (default
+    /// 30; `drizzle sync` publishes at once).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub publish_every_secs: Option<u64>,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Create a vault in the data dir.
@@ -684,6 +690,7 @@ fn mount(
         lease_secs: opts.lease_secs.unwrap_or(crate::remote::DEFAULT_LEASE_SECS),
         lost_after: opts.lost_after_secs,
         repair_every: opts.repair_every_secs,
+        publish_every: opts.publish_every_secs,
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -761,6 +768,9 @@ fn mount(
     if let Some(l) = opts.repair_every_secs {
         child_args.extend(["--repair-every-secs".into(), l.to_string()]);
     }
+    if let Some(l) = opts.publish_every_secs {
+        child_args.extend(["--publish-every-secs".into(), l.to_string()]);
+    }
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -779,6 +789,8 @@ pub struct MountSetup {
     pub lost_after: Option<u64>,
     /// Seconds between repair passes.
     pub repair_every: Option<u64>,
+    /// Seconds between background metadata publishes.
+    pub publish_every: Option<u64>,
 }
 
 fn mount_foreground(
@@ -811,6 +823,9 @@ fn mount_foreground(
     remote.lease_secs = setup.lease_secs;
     if let Some(s) = setup.lost_after {
         remote.lost_after = Duration::from_secs(s);
+    }
+    if let Some(s) = setup.publish_every {
+        remote.publish_every = Duration::from_secs(s.max(1));
     }
     if let Some(s) = setup.repair_every {
         remote.repair_every = Duration::from_secs(s.max(1));

@@ -418,7 +418,7 @@ async fn serve(
         node: node.clone(),
         mount: Some(MountCtx {
             vault: vault.clone(),
-            remote,
+            remote: remote.clone(),
             mountpoint: mountpoint.clone(),
         }),
         stop: stop_tx,
@@ -455,6 +455,7 @@ async fn serve(
         Ok(()) => tokio::task::spawn_blocking(move || v.sync_all()).await?,
         Err(e) => Err(e),
     };
+    publish_before_stop(&remote).await;
     node.stop();
     let backlog = vault.upload_backlog();
     if backlog.objects > 0 {
@@ -637,6 +638,26 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;
     Ok(())
+}
+
+/// At unmount: if everything is on peers but the newest metadata is not,
+/// publish it (bounded: unmount must not hang on the network).
+async fn publish_before_stop(remote: &Remote) {
+    if remote.vault.upload_backlog().objects > 0
+        || remote.metadata_status().unpublished_changes == 0
+    {
+        return;
+    }
+    if crate::metasync::wait_for_peers(remote.node(), Duration::from_secs(5)).await == 0 {
+        tracing::info!("no peers: the newest metadata is published at the next mount");
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(15), remote.publish()).await {
+        Ok(Ok(p)) if !p.unchanged => tracing::info!("published the metadata before unmounting"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("publishing the metadata before unmounting failed: {e}"),
+        Err(_) => tracing::warn!("publishing the metadata before unmounting timed out"),
+    }
 }
 
 /// After a publish: the metadata objects must be at full redundancy too.

@@ -35,8 +35,6 @@ use crate::vault::replica::{
 const MAX_HEAD_ENTRIES: usize = 2 << 20;
 /// Heads kept as segments before a new snapshot.
 const MAX_SEGMENTS: usize = 32;
-/// Background publishing: at most this often.
-const PUBLISH_EVERY: Duration = Duration::from_secs(30);
 /// The root record is offered again to peers and the DHT this often.
 const ROOT_REFRESH: Duration = Duration::from_secs(3600);
 /// One peer's answer to a root request.
@@ -466,7 +464,8 @@ impl Remote {
             }
         }
         let stale_root = look.best.as_ref().is_none_or(|b| b.record.seq < st.seq);
-        if entries.is_empty() && st.head.is_some() && !moved {
+        if entries.is_empty() && st.head.is_some() && !moved && st.upto <= self.vault.journal_last()
+        {
             if stale_root && !st.root.is_empty() {
                 // The network lost or never got our newest root: offer it again.
                 self.put_root(&st.root).await?;
@@ -480,7 +479,14 @@ impl Remote {
         let entry_bytes: u64 = entries.iter().map(|(_, e)| e.len() as u64).sum();
         // Over a conflict, a fresh snapshot: the new chain must not build on
         // metadata objects the other device may release.
+        // A journal numbered below what was published (its mark lost) cannot
+        // say what changed: a snapshot holds everything.
+        let renumbered = st.upto > self.vault.journal_last();
+        if renumbered {
+            tracing::warn!("the local journal lost its position; publishing a full snapshot");
+        }
         let snapshot = st.head.is_none()
+            || renumbered
             || conflict.is_some()
             || st.segments.len() >= MAX_SEGMENTS
             || entry_bytes as usize > MAX_HEAD_ENTRIES
@@ -613,12 +619,12 @@ impl Remote {
     }
 
     /// Publishes in the background: when the upload queue is empty and
-    /// something changed, at most every [`PUBLISH_EVERY`]; offers the root
+    /// something changed, at most every `publish_every`; offers the root
     /// again every [`ROOT_REFRESH`].
     pub(crate) async fn publish_loop(self: Arc<Self>) {
         let mut last_refresh = Instant::now();
         loop {
-            tokio::time::sleep(PUBLISH_EVERY).await;
+            tokio::time::sleep(self.publish_every).await;
             let vault = self.vault.clone();
             let st = match tokio::task::spawn_blocking(move || {
                 vault.trim_unpublished_journal()?;
@@ -640,7 +646,10 @@ impl Remote {
                 && self
                     .current_refs(&st)
                     .is_ok_and(|r| refs_digest(r.iter()) != st.refs_digest);
-            if pending || moved {
+            // Never published: the first snapshot (the journal before it
+            // was trimmed above, the snapshot holds everything).
+            let renumbered = st.upto > self.vault.journal_last();
+            if pending || moved || renumbered || st.head.is_none() {
                 if let Err(e) = self.publish().await {
                     tracing::warn!("publishing the metadata failed (will retry): {e}");
                 }

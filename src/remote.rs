@@ -110,6 +110,7 @@ pub struct Remote {
     /// One publish of the metadata at a time.
     pub(crate) publish_lock: tokio::sync::Mutex<()>,
     pub(crate) meta: Mutex<crate::metasync::MetaStatus>,
+    pub(crate) publish_every: Duration,
     state: Mutex<UploadState>,
     wake: tokio::sync::Notify,
     started: Instant,
@@ -134,6 +135,8 @@ pub struct RemoteConfig {
     pub repair_rate: u64,
     /// The vault's Argon2 parameters (recorded in its root record).
     pub kdf: crate::crypto::KdfParams,
+    /// Changed metadata is published in the background this often.
+    pub publish_every: Duration,
 }
 
 impl RemoteConfig {
@@ -146,6 +149,7 @@ impl RemoteConfig {
             repair_every: Duration::from_secs(60),
             repair_rate: 32 << 20,
             kdf: crate::crypto::KdfParams::default_strong(),
+            publish_every: Duration::from_secs(30),
         }
     }
 }
@@ -172,6 +176,7 @@ impl Remote {
             k,
             n,
             kdf: cfg.kdf,
+            publish_every: cfg.publish_every,
             publish_lock: tokio::sync::Mutex::new(()),
             meta: Mutex::new(Default::default()),
             state: Mutex::new(UploadState::default()),

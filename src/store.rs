@@ -368,14 +368,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Drops journal entries up to `upto` (they are on the network).
+    /// Drops journal entries before `upto` (they are on the network). The
+    /// entry numbered `upto` stays: it keeps the numbering going across a
+    /// restart, so later entries are never numbered as if published.
     pub fn trim_journal(&self, upto: u64) -> Result<(), StoreError> {
         self.db
-            .delete_range_cf(
-                self.cf(Cf::Journal),
-                0u64.to_be_bytes(),
-                upto.saturating_add(1).to_be_bytes(),
-            )
+            .delete_range_cf(self.cf(Cf::Journal), 0u64.to_be_bytes(), upto.to_be_bytes())
             .map_err(db_err)
     }
 
@@ -412,10 +410,12 @@ impl Store {
 
     /// Applies replicated changes from the network without journaling them
     /// (they are published already). `clear` first empties the replicated
-    /// families, the journal and the chain records.
+    /// families, the chain records and the journal (but its newest entry).
     pub fn import(&self, clear: bool, changes: &[Change]) -> Result<(), StoreError> {
         if clear {
-            for cf in REPLICATED.iter().chain(&[Cf::Journal, Cf::Chain]) {
+            // The journal keeps its newest entry: the numbering's mark.
+            self.trim_journal(self.journal_last())?;
+            for cf in REPLICATED.iter().chain(&[Cf::Chain]) {
                 let keys: Vec<Box<[u8]>> = self
                     .db
                     .iterator_cf(self.cf(*cf), rocksdb::IteratorMode::Start)
@@ -612,12 +612,17 @@ mod tests {
         let (upto, all) = store.dump_replicated().unwrap();
         assert_eq!(upto, 2);
         assert_eq!(all, vec![(2, b"d".to_vec(), Some(b"v2".to_vec()))]);
-        store.trim_journal(1).unwrap();
-        assert_eq!(store.journal_since(0, usize::MAX).unwrap().len(), 1);
+        // Everything published: the newest entry stays as the high-water
+        // mark, so numbering continues after a restart.
+        store.trim_journal(2).unwrap();
+        assert!(store.journal_since(2, usize::MAX).unwrap().is_empty());
         drop(store);
-        // Numbering continues after a restart.
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.journal_last(), 2);
+        let mut b = Batch::default();
+        b.put(Cf::Inodes, b"i3".to_vec(), b"v3".to_vec());
+        store.write(b).unwrap();
+        assert_eq!(store.journal_since(2, usize::MAX).unwrap()[0].0, 3);
         // Imports replace the replicated families and are not journaled.
         let other = tempfile::tempdir().unwrap();
         let copy = Store::open(other.path()).unwrap();
@@ -627,7 +632,9 @@ mod tests {
         copy.import(true, &all).unwrap();
         assert!(copy.get(Cf::Inodes, b"stale").unwrap().is_none());
         assert_eq!(copy.get(Cf::Dirents, b"d").unwrap().unwrap(), b"v2");
-        assert!(copy.journal_since(0, usize::MAX).unwrap().is_empty());
+        // The import added no entry; the old newest one stays as the mark.
+        assert_eq!(copy.journal_last(), 1);
+        assert!(copy.journal_since(1, usize::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -172,7 +172,14 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
     // the conflict is reported, and neither device loses its own files.
     std::fs::write(a.p("only-a.txt"), b"A alone\n").unwrap();
     std::fs::write(b.p("only-b.txt"), b"B alone\n").unwrap();
+    let before = a.status()["metadata"]["root_seq"].as_u64().unwrap();
     sync_ok(&a);
+    let st = a.status();
+    assert!(
+        st["metadata"]["root_seq"].as_u64().unwrap() > before,
+        "{st}"
+    );
+    assert_eq!(st["metadata"]["unpublished_changes"], 0, "{st}");
     sync_ok(&b);
     let st = b.status();
     let conflict = st["metadata"]["conflict"].as_str().unwrap_or_default();
@@ -205,4 +212,62 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
     assert_eq!(std::fs::read(c.p("only-b.txt")).unwrap(), b"B alone\n");
     assert_eq!(std::fs::read(c.p("from-a.txt")).unwrap(), b"written on A\n");
     c.umount_unrecorded();
+}
+
+#[test]
+fn metadata_is_published_in_the_background_and_at_unmount() {
+    let nodes = nodes(3);
+    let mut d = Drive::init_with("background", &["--k", "2", "--n", "3"]);
+    peer_args(&mut d, &nodes, None);
+    d.mount_args
+        .extend(["--publish-every-secs", "1"].map(String::from));
+    d.mount();
+    // No `drizzle sync`: the mount publishes once the uploads are done.
+    std::fs::write(d.p("first.txt"), b"published in the background\n").unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let st = d.status();
+        if st["metadata"]["root_seq"].as_u64().unwrap_or(0) >= 1
+            && st["metadata"]["unpublished_changes"] == 0
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "nothing published: {st}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // A change right before unmounting is published by the unmount (its
+    // content is inline, so nothing waits for upload).
+    d.mount_args
+        .retain(|a| a != "--publish-every-secs" && a != "1");
+    d.umount();
+    d.mount();
+    std::fs::write(d.p("last.txt"), b"published at unmount\n").unwrap();
+    d.umount();
+    assert!(
+        d.log().contains("published the metadata before unmounting"),
+        "{}",
+        d.log()
+    );
+
+    let mut r = Drive::blank();
+    recovery_args(&mut r, &nodes, "background");
+    let out = mount_out(&r);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(r.p("first.txt")).unwrap(),
+        b"published in the background\n"
+    );
+    assert_eq!(
+        std::fs::read(r.p("last.txt")).unwrap(),
+        b"published at unmount\n"
+    );
+    r.umount_unrecorded();
 }
