@@ -37,6 +37,9 @@ const MAX_HEAD_ENTRIES: usize = 2 << 20;
 const MAX_SEGMENTS: usize = 32;
 /// The root record is offered again to peers and the DHT this often.
 const ROOT_REFRESH: Duration = Duration::from_secs(3600);
+/// Without local changes, the network's root is still looked at this often
+/// (to report a newer version or a conflict in `status`).
+const ROOT_CHECK: Duration = Duration::from_secs(300);
 /// One peer's answer to a root request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A DHT query.
@@ -439,7 +442,9 @@ impl Remote {
             let ours = st.head == Some(net.payload.head.id)
                 || net.payload.device == st.device
                 || includes(&st.vv, &net.payload.vv);
-            if !ours {
+            if ours {
+                self.meta_status().conflict = None;
+            } else {
                 let what = format!(
                     "another device published a version of this vault that this device does not have ({})",
                     describe_time(net.payload.time)
@@ -623,6 +628,7 @@ impl Remote {
     /// again every [`ROOT_REFRESH`].
     pub(crate) async fn publish_loop(self: Arc<Self>) {
         let mut last_refresh = Instant::now();
+        let mut last_check: Option<Instant> = None;
         loop {
             tokio::time::sleep(self.publish_every).await;
             let vault = self.vault.clone();
@@ -654,6 +660,12 @@ impl Remote {
                     tracing::warn!("publishing the metadata failed (will retry): {e}");
                 }
                 last_refresh = Instant::now();
+            } else if last_check.is_none_or(|t| t.elapsed() >= ROOT_CHECK) {
+                // Nothing to publish: this only looks at the network's root.
+                if let Err(e) = self.publish().await {
+                    tracing::debug!("checking the network's root: {e}");
+                }
+                last_check = Some(Instant::now());
             } else if last_refresh.elapsed() >= ROOT_REFRESH && !st.root.is_empty() {
                 if let Err(e) = self.put_root(&st.root).await {
                     tracing::warn!("offering the root record again failed: {e}");

@@ -12,12 +12,24 @@ fn keys() -> VaultKeys {
     VaultKeys::from_master(&[42u8; 32])
 }
 
+/// Opens the vault in `dir`, waiting (up to 10 s) for a previous instance's
+/// worker threads to let go of the store after `shutdown`.
 fn open(dir: &Path) -> Arc<Vault> {
     let opts = VaultOptions {
         idle_flush: std::time::Duration::from_millis(50),
         ..Default::default()
     };
-    Vault::open(dir, "t", keys(), opts).unwrap()
+    let start = std::time::Instant::now();
+    loop {
+        match Vault::open(dir, "t", keys(), opts.clone()) {
+            Err(VaultError::Store(crate::store::StoreError::Locked(_)))
+                if start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
 }
 
 fn fresh() -> (tempfile::TempDir, Arc<Vault>) {
