@@ -11,8 +11,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Daemons log what they do; the terminal side of a background mount
+    // (and every other command) only warnings: its messages are printed.
     let default = match cli.command {
-        drizzle::cli::Cmd::Mount { .. } | drizzle::cli::Cmd::Node { .. } => "info",
+        drizzle::cli::Cmd::Mount {
+            foreground,
+            daemon_child,
+            ..
+        } if foreground || daemon_child => "info",
+        drizzle::cli::Cmd::Node { .. } => "info",
         _ => "warn",
     };
     drizzle::logging::init(settings.log.filter.as_deref(), default);
