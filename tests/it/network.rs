@@ -328,8 +328,17 @@ fn repair_restores_redundancy_on_new_nodes() {
     }
     let mut d = Drive::init_with("repair", &["--k", "2", "--n", "4"]);
     peer_args(&mut d, &nodes, None);
-    d.mount_args
-        .extend(["--lost-after-secs", "3", "--repair-every-secs", "1"].map(String::from));
+    d.mount_args.extend(
+        [
+            "--lost-after-secs",
+            "3",
+            "--repair-every-secs",
+            "1",
+            "--publish-every-secs",
+            "1",
+        ]
+        .map(String::from),
+    );
     d.mount();
     let src = d.tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -337,6 +346,7 @@ fn repair_restores_redundancy_on_new_nodes() {
     std::fs::write(src.join("small"), b"tiny but precious").unwrap();
     copy_in(&src, &d.mnt);
     sync_ok(&d);
+    let published = d.status()["metadata"]["root_seq"].as_u64().unwrap();
 
     nodes[0].kill();
     nodes[1].kill();
@@ -348,7 +358,12 @@ fn repair_restores_redundancy_on_new_nodes() {
     let start = std::time::Instant::now();
     loop {
         let st = d.status();
-        if st["healthy"] == st["objects"] && st["repaired_objects"].as_u64().unwrap() > 0 {
+        // Repair moved the metadata objects too, so a new head and root
+        // naming their new holders are published (and reach the new nodes).
+        if st["healthy"] == st["objects"]
+            && st["repaired_objects"].as_u64().unwrap() > 0
+            && st["metadata"]["root_seq"].as_u64().unwrap() > published
+        {
             break;
         }
         assert!(
@@ -369,4 +384,25 @@ fn repair_restores_redundancy_on_new_nodes() {
     d.mount();
     assert_same_tree(&src, &d.mnt);
     d.umount();
+
+    // Every original holder is gone: the vault is still recoverable from
+    // its name and password through the nodes that joined later.
+    let mut r = Drive::blank();
+    peer_args(&mut r, &fresh, Some("0"));
+    r.mount_args
+        .extend(["--vault", "repair", "--kdf-memory", "64M"].map(String::from));
+    let mnt = r.mnt.to_str().unwrap().to_string();
+    let mut args = vec!["mount", mnt.as_str()];
+    args.extend(r.mount_args.iter().map(String::as_str));
+    let out = r.drizzle(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.umount_unrecorded();
+    r.mount_args.retain(|a| a != "--vault" && a != "repair");
+    r.mount();
+    assert_same_tree(&src, &r.mnt);
+    r.umount();
 }
