@@ -502,11 +502,12 @@ impl Remote {
         };
         let head = if snapshot {
             let vault = self.vault.clone();
-            let (upto, parts) = tokio::task::spawn_blocking(move || vault.snapshot_parts())
+            // Parts are queued as they fill; the uploader (which looks at
+            // its queue every second) starts on them during the dump.
+            let (upto, staged) = tokio::task::spawn_blocking(move || vault.stage_snapshot())
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            let staged = self.stage(&parts).await?;
             out.objects += staged.len();
             out.bytes += staged.iter().map(|(_, s)| s).sum::<u64>();
             let ids: Vec<ObjectId> = staged.iter().map(|(id, _)| *id).collect();

@@ -377,10 +377,14 @@ impl Store {
             .map_err(db_err)
     }
 
-    /// Every record of the replicated families at one instant, with the last
-    /// journal sequence number that instant includes.
-    pub fn dump_replicated(&self) -> Result<(u64, Vec<Change>), StoreError> {
-        // Under the journal lock: every entry numbered below `next` is in
+    /// Every record of the replicated families at one instant, handed to
+    /// `each` one at a time (memory stays flat however large the vault);
+    /// returns the last journal sequence number that instant includes.
+    pub fn dump_replicated<E: From<StoreError>>(
+        &self,
+        mut each: impl FnMut(Change) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        // Under the journal lock: every entry numbered up to `upto` is in
         // the snapshot and none after it.
         let (snap, upto) = {
             let next = self
@@ -390,15 +394,14 @@ impl Store {
             let upto = next.as_deref().map_or(0, |n| n - 1);
             (self.db.snapshot(), upto)
         };
-        let mut out = Vec::new();
         for cf in REPLICATED {
             let code = cf.code().expect("replicated");
             for item in snap.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
                 let (k, v) = item.map_err(db_err)?;
-                out.push((code, k.to_vec(), Some(v.to_vec())));
+                each((code, k.to_vec(), Some(v.to_vec())))?;
             }
         }
-        Ok((upto, out))
+        Ok(upto)
     }
 
     /// The sequence number of the newest journal entry written (0: none).
@@ -609,7 +612,13 @@ mod tests {
         assert_eq!(j.len(), 2);
         let first: Vec<Change> = postcard::from_bytes(&j[0].1).unwrap();
         assert_eq!(first, vec![(1, b"i1".to_vec(), Some(b"v1".to_vec()))]);
-        let (upto, all) = store.dump_replicated().unwrap();
+        let mut all = Vec::new();
+        let upto = store
+            .dump_replicated(|c| {
+                all.push(c);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
         assert_eq!(upto, 2);
         assert_eq!(all, vec![(2, b"d".to_vec(), Some(b"v2".to_vec()))]);
         // Everything published: the newest entry stays as the high-water

@@ -247,24 +247,28 @@ impl Vault {
         Ok(self.store.journal_since(after, max_bytes)?)
     }
 
-    /// Every replicated record now, split into snapshot parts, with the last
-    /// journal entry the snapshot includes.
-    pub fn snapshot_parts(&self) -> Result<(u64, Vec<Vec<u8>>)> {
-        let (upto, changes) = self.store.dump_replicated()?;
-        let mut parts = Vec::new();
+    /// Writes a snapshot of every replicated record now: parts of at most
+    /// [`PART_BYTES`], each sealed, stored and queued for upload as soon as
+    /// it is full (so memory holds one part at a time). Returns the last
+    /// journal entry the snapshot includes and the parts' ids and sizes.
+    pub fn stage_snapshot(&self) -> Result<(u64, Vec<(ObjectId, u64)>)> {
+        let mut staged = Vec::new();
         let mut cur: Vec<Change> = Vec::new();
         let mut bytes = 0;
-        for c in changes {
+        let upto = self.store.dump_replicated(|c: Change| {
             let size = c.1.len() + c.2.as_ref().map_or(0, |v| v.len()) + 8;
             if !cur.is_empty() && bytes + size > PART_BYTES {
-                parts.push(MetaObject::Part(std::mem::take(&mut cur)).encode());
+                let part = MetaObject::Part(std::mem::take(&mut cur)).encode();
+                staged.extend(self.stage_meta_objects(&[part])?);
                 bytes = 0;
             }
             bytes += size;
             cur.push(c);
-        }
-        parts.push(MetaObject::Part(cur).encode());
-        Ok((upto, parts))
+            Ok::<_, VaultError>(())
+        })?;
+        let part = MetaObject::Part(cur).encode();
+        staged.extend(self.stage_meta_objects(&[part])?);
+        Ok((upto, staged))
     }
 
     /// Seals metadata objects, stores them locally and queues them for
