@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{KdfParams, ObjectId, VaultKeys};
+use crate::crypto::{ObjectId, VaultKeys};
 use crate::net::proto::{Request, Response};
 use crate::net::NodeHandle;
 use crate::remote::{fetch_object, Remote};
@@ -693,9 +693,4 @@ pub async fn pull_into(
         crate::vault::Vault::import_pulled(dir, keys, &pulled, device).map_err(|e| e.to_string())
     })?;
     Ok(p)
-}
-
-/// The KDF parameters recorded in a found root.
-pub fn kdf_of(found: &FoundRoot) -> KdfParams {
-    found.record.kdf
 }

@@ -154,17 +154,22 @@ pub struct Pulled {
 }
 
 impl Pulled {
-    /// Every change, in order: snapshot, then segments, then the head.
-    fn changes(&self) -> std::result::Result<Vec<Change>, String> {
-        let mut out: Vec<Change> = self.parts.iter().flatten().cloned().collect();
+    /// Writes every change into `store`, in order: the snapshot parts, then
+    /// each segment's entries, then the head's (after clearing what the
+    /// store held). Journal entries are decoded one at a time.
+    fn apply(&self, store: &Store) -> Result<()> {
+        store.import(true, &[])?;
+        for part in &self.parts {
+            store.import(false, part)?;
+        }
         for h in self.segments.iter().chain(std::iter::once(&self.meta)) {
             for e in &h.entries {
                 let batch: Vec<Change> =
-                    decode(e).map_err(|e| format!("malformed journal entry: {e}"))?;
-                out.extend(batch);
+                    decode(e).map_err(|e| corrupt("metadata journal entry", e))?;
+                store.import(false, &batch)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -432,12 +437,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Saves the publish state alone (conflict notes, adopted roots).
-    pub fn save_publish_state(&self, st: &PublishState) -> Result<()> {
-        self.store.write(state_batch(&self.keys, st))?;
-        Ok(())
-    }
-
     /// Drops journal entries that no publish will need: before the first
     /// publish, the first snapshot includes everything.
     pub fn trim_unpublished_journal(&self) -> Result<()> {
@@ -467,8 +466,7 @@ impl Vault {
         device: Option<DeviceId>,
     ) -> Result<()> {
         let store = Store::open(dir)?;
-        let changes = pulled.changes().map_err(|e| corrupt("metadata", e))?;
-        store.import(true, &changes)?;
+        pulled.apply(&store)?;
         if store.get(Cf::Meta, COUNTERS_KEY)?.is_none() {
             return Err(corrupt("metadata", "no counters record"));
         }
