@@ -543,6 +543,14 @@ impl Remote {
             }
         };
         st.head_entries = !head.entries.is_empty();
+        // The placements this publish names, as named (repair may move an
+        // object meanwhile; the next check then sees the difference).
+        let mut named: Vec<ChainRef> = head
+            .snapshot
+            .iter()
+            .chain(&head.segments)
+            .cloned()
+            .collect();
         let head_plain = MetaObject::Head(head).encode();
         let staged = self.stage(std::slice::from_ref(&head_plain)).await?;
         let head_id = staged[0].0;
@@ -591,7 +599,8 @@ impl Remote {
         out.peers = self.put_root(&bytes).await?;
         out.seq = st.seq;
         st.root = bytes;
-        st.refs_digest = refs_digest(self.current_refs(&st)?.iter());
+        named.push(head_ref);
+        st.refs_digest = refs_digest(named.iter());
         let vault = self.vault.clone();
         let st2 = st.clone();
         tokio::task::spawn_blocking(move || vault.finish_publish(&st2))
