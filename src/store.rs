@@ -186,6 +186,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.delete_files.is_empty()
     }
+    /// Adds another batch's changes after this one's.
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+        self.delete_files.extend(other.delete_files);
+    }
 }
 
 /// A local database: a vault's (metadata and object directory) or a node's
@@ -411,40 +416,43 @@ impl Store {
             .map_or(0, |n| *n.lock().unwrap_or_else(|p| p.into_inner()) - 1)
     }
 
-    /// Applies replicated changes from the network without journaling them
-    /// (they are published already). `clear` first empties the replicated
-    /// families, the chain records and the journal (but its newest entry).
-    pub fn import(&self, clear: bool, changes: &[Change]) -> Result<(), StoreError> {
-        if clear {
-            // The journal keeps its newest entry: the numbering's mark.
-            self.trim_journal(self.journal_last())?;
-            for cf in REPLICATED.iter().chain(&[Cf::Chain]) {
-                let keys: Vec<Box<[u8]>> = self
-                    .db
-                    .iterator_cf(self.cf(*cf), rocksdb::IteratorMode::Start)
-                    .map(|i| i.map(|(k, _)| k))
-                    .collect::<Result<_, _>>()
-                    .map_err(db_err)?;
-                let mut wb = rocksdb::WriteBatch::default();
-                for k in keys {
-                    wb.delete_cf(self.cf(*cf), k);
-                }
-                self.db.write(wb).map_err(db_err)?;
+    /// Replaces the replicated families and the chain records with changes
+    /// from the network, in one atomic write (a crash leaves the old state
+    /// or the new one, never a mix), then `extra` (unjournaled: they are
+    /// published already). The journal keeps its newest entry, the
+    /// numbering's mark. Changes apply in order, group after group.
+    pub fn import(&self, groups: &[&[Change]], extra: Batch) -> Result<(), StoreError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.cf(Cf::Journal),
+            0u64.to_be_bytes(),
+            self.journal_last().to_be_bytes(),
+        );
+        for cf in REPLICATED.iter().chain(&[Cf::Chain]) {
+            for item in self
+                .db
+                .iterator_cf(self.cf(*cf), rocksdb::IteratorMode::Start)
+            {
+                let (k, _) = item.map_err(db_err)?;
+                wb.delete_cf(self.cf(*cf), k);
             }
         }
-        for part in changes.chunks(4096) {
-            let mut wb = rocksdb::WriteBatch::default();
-            for (code, k, v) in part {
-                let cf = Cf::from_code(*code)
-                    .ok_or_else(|| StoreError::Db(format!("unknown family code {code}")))?;
-                match v {
-                    Some(v) => wb.put_cf(self.cf(cf), k, v),
-                    None => wb.delete_cf(self.cf(cf), k),
-                }
+        for (code, k, v) in groups.iter().flat_map(|g| g.iter()) {
+            let cf = Cf::from_code(*code)
+                .ok_or_else(|| StoreError::Db(format!("unknown family code {code}")))?;
+            match v {
+                Some(v) => wb.put_cf(self.cf(cf), k, v),
+                None => wb.delete_cf(self.cf(cf), k),
             }
-            self.db.write(wb).map_err(db_err)?;
         }
-        Ok(())
+        for (cf, k, v) in &extra.ops {
+            match v {
+                Some(v) => wb.put_cf(self.cf(*cf), k, v),
+                None => wb.delete_cf(self.cf(*cf), k),
+            }
+        }
+        self.db.write(wb).map_err(db_err)?;
+        self.sync()
     }
 
     /// Makes every batch written so far durable (one WAL fsync).
@@ -638,7 +646,7 @@ mod tests {
         let mut b = Batch::default();
         b.put(Cf::Inodes, b"stale".to_vec(), b"x".to_vec());
         copy.write(b).unwrap();
-        copy.import(true, &all).unwrap();
+        copy.import(&[&all], Batch::default()).unwrap();
         assert!(copy.get(Cf::Inodes, b"stale").unwrap().is_none());
         assert_eq!(copy.get(Cf::Dirents, b"d").unwrap().unwrap(), b"v2");
         // The import added no entry; the old newest one stays as the mark.

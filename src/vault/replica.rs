@@ -154,22 +154,14 @@ pub struct Pulled {
 }
 
 impl Pulled {
-    /// Writes every change into `store`, in order: the snapshot parts, then
-    /// each segment's entries, then the head's (after clearing what the
-    /// store held). Journal entries are decoded one at a time.
-    fn apply(&self, store: &Store) -> Result<()> {
-        store.import(true, &[])?;
-        for part in &self.parts {
-            store.import(false, part)?;
-        }
-        for h in self.segments.iter().chain(std::iter::once(&self.meta)) {
-            for e in &h.entries {
-                let batch: Vec<Change> =
-                    decode(e).map_err(|e| corrupt("metadata journal entry", e))?;
-                store.import(false, &batch)?;
-            }
-        }
-        Ok(())
+    /// The journal entries of the segments, then of the head, decoded.
+    fn entries(&self) -> Result<Vec<Vec<Change>>> {
+        self.segments
+            .iter()
+            .chain(std::iter::once(&self.meta))
+            .flat_map(|h| &h.entries)
+            .map(|e| decode(e).map_err(|e| corrupt("metadata journal entry", e)))
+            .collect()
     }
 }
 
@@ -466,8 +458,16 @@ impl Vault {
         device: Option<DeviceId>,
     ) -> Result<()> {
         let store = Store::open(dir)?;
-        pulled.apply(&store)?;
-        if store.get(Cf::Meta, COUNTERS_KEY)?.is_none() {
+        let entries = pulled.entries()?;
+        let has_counters = pulled
+            .parts
+            .iter()
+            .chain(&entries)
+            .flatten()
+            .any(|(code, k, v)| {
+                Cf::from_code(*code) == Some(Cf::Meta) && k == COUNTERS_KEY && v.is_some()
+            });
+        if !has_counters {
             return Err(corrupt("metadata", "no counters record"));
         }
         let mut batch = Batch::default();
@@ -519,9 +519,14 @@ impl Vault {
             time: pulled.payload.time,
         };
         let sb = state_batch(keys, &st);
-        store.write(batch)?;
-        store.write(sb)?;
-        store.sync()?;
+        batch.append(sb);
+        let groups: Vec<&[Change]> = pulled
+            .parts
+            .iter()
+            .chain(&entries)
+            .map(Vec::as_slice)
+            .collect();
+        store.import(&groups, batch)?;
         Ok(())
     }
 }
