@@ -122,6 +122,13 @@ fn other_kdf_hint(used: KdfParams) -> Option<String> {
 }
 
 fn not_found(name: &str, look: &Lookup) -> String {
+    if look.asked == 0 {
+        return format!(
+            "no peers were reachable to ask for vault '{name}' (waited {} s): give a reachable \
+             peer with --peer ADDR, or run where mDNS finds one",
+            PEER_WAIT.as_secs()
+        );
+    }
     let mut msg = format!(
         "no vault named '{name}' with this password was found on the network ({} peers asked, {} answered",
         look.asked, look.answered

@@ -121,6 +121,17 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     assert!(!is_mounted(&w.mnt));
     assert!(!w.data.join("vault.json").exists());
 
+    // No peer at all: says so instead of "not found".
+    let mut lone = Drive::blank();
+    lone.mount_args = crate::support::local_net_args();
+    lone.mount_args
+        .extend(["--vault", "lost-laptop", "--kdf-memory", "64M"].map(String::from));
+    let out = mount_out(&lone);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no peers were reachable"), "{err}");
+    assert!(!is_mounted(&lone.mnt));
+
     // init refuses a name and password that already have a vault.
     let x = Drive::blank();
     let peer = nodes[3].addr.clone();
