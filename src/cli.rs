@@ -994,11 +994,12 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         }
     );
     println!(
-        "donated     {} {} of {} used by others ({} fragments)",
+        "donated     {} {} of {} used by others ({} fragments, {} vault root records)",
         bar(n.stored_for_others_bytes, n.donated_bytes),
         human_bytes(n.stored_for_others_bytes),
         human_bytes(n.donated_bytes),
-        n.fragments_held
+        n.fragments_held,
+        n.root_records
     );
     if let Some(st) = &s.stats {
         println!("contents    {} files, {} directories", st.files, st.dirs);

@@ -112,6 +112,9 @@ pub struct NodeStatus {
     pub donated_bytes: u64,
     pub stored_for_others_bytes: u64,
     pub fragments_held: u64,
+    /// Vault root records this node keeps (signed, encrypted, never expired).
+    #[serde(default)]
+    pub root_records: u64,
     pub requests_served: u64,
     /// Peers that returned bad data or failed requests (see the log).
     pub bad_peers: u64,
@@ -148,6 +151,7 @@ pub fn node_status(node: &NodeHandle) -> NodeStatus {
         donated_bytes: cap.donated,
         stored_for_others_bytes: cap.used,
         fragments_held: node.fragment_count(),
+        root_records: node.root_count(),
         requests_served: node
             .counters()
             .requests

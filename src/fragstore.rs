@@ -57,8 +57,9 @@ pub struct FragmentStore {
     /// What any peer may store here beyond what it stores for this node.
     grace: u64,
     used: Mutex<Usage>,
-    /// Serializes root record updates (check the sequence, then store).
-    roots: Mutex<()>,
+    /// Root records held; the lock also serializes updates (check the
+    /// sequence, then store).
+    roots: Mutex<u64>,
 }
 
 /// What became of a root record offered to this node.
@@ -137,13 +138,14 @@ impl FragmentStore {
         if removed > 0 {
             tracing::info!("removed {removed} fragment files left unindexed by a crash");
         }
+        let roots = store.scan(Cf::Roots, &[], usize::MAX)?.len() as u64;
         Ok(FragmentStore {
             store,
             dir: dir.to_path_buf(),
             donated,
             grace,
             used: Mutex::new(usage),
-            roots: Mutex::new(()),
+            roots: Mutex::new(roots),
         })
     }
 
@@ -155,12 +157,13 @@ impl FragmentStore {
             Ok(r) => r,
             Err(e) => return Ok(RootOutcome::Refused(e.to_string())),
         };
-        let _guard = self.roots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = self.store.get(Cf::Roots, key)? {
+        let mut held = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.store.get(Cf::Roots, key)?;
+        if let Some(old) = &old {
             if old == record {
                 return Ok(RootOutcome::Same);
             }
-            if let Ok(old) = crate::root::RootRecord::parse(&old) {
+            if let Ok(old) = crate::root::RootRecord::parse(old) {
                 if old.seq >= new.seq {
                     return Ok(RootOutcome::Refused(format!(
                         "sequence number {} is not newer than the {} held",
@@ -173,12 +176,20 @@ impl FragmentStore {
         b.put(Cf::Roots, key.to_vec(), record.to_vec());
         self.store.write(b)?;
         self.store.sync()?;
+        if old.is_none() {
+            *held += 1;
+        }
         Ok(RootOutcome::Stored)
     }
 
     /// The root record held under `key`, if any.
     pub fn get_root(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.get(Cf::Roots, key)
+    }
+
+    /// How many root records are held.
+    pub fn root_count(&self) -> u64 {
+        *self.roots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every root record held (loaded into the DHT store at start).
@@ -489,6 +500,7 @@ mod tests {
         let fs = FragmentStore::open(dir.path(), 0, 0).unwrap();
         assert_eq!(fs.get_root(&k).unwrap().unwrap(), r2.encode());
         assert_eq!(fs.roots().unwrap().len(), 1);
+        assert_eq!(fs.root_count(), 1);
     }
 
     #[test]

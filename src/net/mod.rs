@@ -477,6 +477,11 @@ impl NodeHandle {
         self.shared.frags.count()
     }
 
+    /// Root records kept for vaults.
+    pub fn root_count(&self) -> u64 {
+        self.shared.frags.root_count()
+    }
+
     pub fn counters(&self) -> &NodeCounters {
         &self.shared.counters
     }

@@ -82,6 +82,8 @@ fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
             let s = n.status();
             assert_eq!(s["role"], "node");
             assert_eq!(s["donated_bytes"], 1u64 << 30);
+            // Every storage peer keeps the vault's root record.
+            assert_eq!(s["root_records"], 1, "{s}");
             s["stored_for_others_bytes"].as_u64().unwrap()
         })
         .sum();
