@@ -184,7 +184,9 @@ pub struct FragmentLoc {
     pub peer: Vec<u8>,
     /// Expected answers to audit challenges 0.. (computed while the vault
     /// had the fragment).
-    pub proofs: Vec<[u8; 32]>,
+    /// (the first 16 bytes of each: 128 bits is plenty against guessing,
+    /// and placements are most of the metadata).
+    pub proofs: Vec<[u8; 16]>,
 }
 
 /// Where an object's fragments are: vault metadata, never published.
