@@ -444,6 +444,20 @@ impl Remote {
                 || includes(&st.vv, &net.payload.vv);
             if ours {
                 self.meta_status().conflict = None;
+            } else if st.seq == 0 {
+                // This data dir never published nor took up a version: it is
+                // a second vault made under the same name and password (an
+                // init that could not ask the network). It must never
+                // replace the existing one.
+                let msg = format!(
+                    "a vault with this name and password already exists on the network \
+                     (published {}); this data dir holds a separate vault created here and is \
+                     not published. To use the existing vault, mount it on an empty data dir \
+                     with --vault NAME",
+                    describe_time(net.payload.time)
+                );
+                self.meta_status().conflict = Some(msg.clone());
+                return Err(msg);
             } else {
                 let what = format!(
                     "another device published a version of this vault that this device does not have ({})",

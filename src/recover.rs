@@ -187,6 +187,18 @@ pub fn update_from_network(
         {
             return Ok(());
         }
+        if st.seq == 0 {
+            eprintln!(
+                "warning: a vault named '{}' with this password already exists on the network \
+                 (published {}), but this data dir holds a separate vault created here; it will \
+                 not be published. To use the existing vault, mount it on an empty data dir with \
+                 --vault '{}'",
+                cfg.vault,
+                describe_time(p.time),
+                cfg.vault
+            );
+            return Ok(());
+        }
         let newer = crate::vault::replica::includes(&p.vv, &st.vv);
         if !newer || pending {
             eprintln!(

@@ -148,6 +148,34 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     assert!(!out.status.success());
     assert!(err.contains("already exists on the network"), "{err}");
     assert!(!x.data.join("vault.json").exists());
+
+    // A second vault made under the same name and password where the
+    // network could not be asked is never published over the first.
+    let mut twin = Drive::init_with("lost-laptop", &["--k", "3", "--n", "6"]);
+    peer_args(&mut twin, &nodes[3..], None);
+    let out = mount_out(&twin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("separate vault created here"), "{err}");
+    twin.umount_unrecorded();
+    twin.mount();
+    std::fs::write(twin.p("impostor.txt"), b"must not win\n").unwrap();
+    let out = twin.sync_network();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("already exists on the network"), "{err}");
+    twin.umount();
+    let mut again = Drive::blank();
+    recovery_args(&mut again, &nodes[3..], "lost-laptop");
+    let out = mount_out(&again);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(again.p("after-recovery.txt").exists());
+    assert!(!again.p("impostor.txt").exists());
+    again.umount_unrecorded();
 }
 
 #[test]
