@@ -44,6 +44,8 @@ const ROOT_CHECK: Duration = Duration::from_secs(300);
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A DHT query.
 const DHT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the DHT may still answer once a connected peer has.
+const DHT_GRACE: Duration = Duration::from_secs(1);
 /// Metadata objects fetched at once.
 const FETCH_PARALLEL: usize = 4;
 
@@ -131,8 +133,12 @@ pub fn check_root(keys: &VaultKeys, bytes: &[u8]) -> Result<FoundRoot, String> {
 }
 
 /// Asks every connected storage peer and the DHT for the vault's root.
+/// When a connected peer already answered with a valid record, the DHT gets
+/// only a short grace: its queries can wait long on departed peers.
 pub async fn find_root(node: &NodeHandle, keys: &VaultKeys) -> Lookup {
     let key = dht_key(&keys.root_public());
+    let started = Instant::now();
+    let dht = node.dht_get(&key);
     let peers: Vec<_> = node.storage_peers().into_iter().map(|(p, _)| p).collect();
     let asks =
         peers.iter().map(|p| {
@@ -142,42 +148,43 @@ pub async fn find_root(node: &NodeHandle, keys: &VaultKeys) -> Lookup {
                 tokio::time::timeout(ASK_TIMEOUT, node.request(p, Request::RootGet { key })).await
             }
         });
-    let (direct, dht) = futures::join!(
-        futures::future::join_all(asks),
-        tokio::time::timeout(DHT_TIMEOUT, node.dht_get(&key))
-    );
+    let direct = futures::future::join_all(asks).await;
     let mut look = Lookup {
         asked: peers.len(),
         ..Default::default()
     };
-    let mut candidates = Vec::new();
+    let consider = |look: &mut Lookup, b: &[u8]| match check_root(keys, b) {
+        Ok(f) => {
+            if look
+                .best
+                .as_ref()
+                .is_none_or(|best| f.record.seq > best.record.seq)
+            {
+                look.best = Some(f);
+            }
+        }
+        Err(e) => {
+            look.invalid += 1;
+            tracing::warn!("ignored a root record for this vault: {e}");
+        }
+    };
     for r in direct {
         match r {
             Ok(Ok(Response::Root(b))) => {
                 look.answered += 1;
-                candidates.push(b);
+                consider(&mut look, &b);
             }
             Ok(Ok(_)) => look.answered += 1,
             _ => {}
         }
     }
-    candidates.extend(dht.unwrap_or_default());
-    for b in candidates {
-        match check_root(keys, &b) {
-            Ok(f) => {
-                if look
-                    .best
-                    .as_ref()
-                    .is_none_or(|best| f.record.seq > best.record.seq)
-                {
-                    look.best = Some(f);
-                }
-            }
-            Err(e) => {
-                look.invalid += 1;
-                tracing::warn!("ignored a root record for this vault: {e}");
-            }
-        }
+    let wait = if look.best.is_some() {
+        DHT_GRACE
+    } else {
+        DHT_TIMEOUT.saturating_sub(started.elapsed())
+    };
+    for b in tokio::time::timeout(wait, dht).await.unwrap_or_default() {
+        consider(&mut look, &b);
     }
     look
 }

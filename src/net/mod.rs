@@ -513,17 +513,21 @@ impl NodeHandle {
         rx.await.map_err(|_| NetError::Stopped.to_string())?
     }
 
-    /// Every copy of a record the DHT returns for `key` (unchecked).
-    pub async fn dht_get(&self, key: &[u8; 32]) -> Vec<Vec<u8>> {
+    /// Every copy of a record the DHT returns for `key` (unchecked). The
+    /// query starts at once; the future yields when it ends.
+    pub fn dht_get(&self, key: &[u8; 32]) -> impl std::future::Future<Output = Vec<Vec<u8>>> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::KadGet {
             key: kad::RecordKey::new(key),
             reply: tx,
         };
-        if self.cmd.send(cmd).is_err() {
-            return Vec::new();
+        let sent = self.cmd.send(cmd).is_ok();
+        async move {
+            if !sent {
+                return Vec::new();
+            }
+            rx.await.unwrap_or_default()
         }
-        rx.await.unwrap_or_default()
     }
 }
 
