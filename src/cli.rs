@@ -160,7 +160,7 @@ pub struct MountNetArgs {
 pub enum Cmd {
     /// Create a vault in the data dir.
     #[command(
-        after_help = "Example:\n  drizzle init --vault photos --data-dir ~/.local/share/drizzle"
+        after_help = "Examples:\n  drizzle init --vault photos --data-dir ~/.local/share/drizzle\n  drizzle init --vault photos --peer /ip4/192.0.2.7/tcp/4001   # refuses if 'photos' with this password exists there"
     )]
     Init {
         #[command(flatten)]
@@ -188,9 +188,10 @@ pub enum Cmd {
         #[arg(long = "peer", value_name = "ADDR")]
         peer: Vec<String>,
     },
-    /// Mount the vault at MOUNTPOINT (in the background unless --foreground).
+    /// Mount the vault at MOUNTPOINT (in the background unless --foreground);
+    /// on a data dir without a vault, `--vault NAME` recovers it from peers.
     #[command(
-        after_help = "Example:\n  drizzle mount ~/Drive\n  DRIZZLE_PASSWORD=... drizzle mount /mnt/drive --data-dir /srv/drizzle --foreground"
+        after_help = "Examples:\n  drizzle mount ~/Drive\n  DRIZZLE_PASSWORD=... drizzle mount /mnt/drive --data-dir /srv/drizzle --foreground\n  drizzle mount ~/Drive --vault photos --peer /ip4/192.0.2.7/tcp/4001   # a new machine: recovers 'photos' from the network"
     )]
     Mount {
         #[command(flatten)]
@@ -261,7 +262,8 @@ pub enum Cmd {
         mountpoint: PathBuf,
     },
     /// A first try: 8 local nodes and a throwaway vault mounted at DIR,
-    /// synced, then read back with 3 nodes stopped.
+    /// synced, read back with 3 nodes stopped, and recovered from its name
+    /// and password.
     #[command(after_help = "Example:\n  drizzle demo /tmp/drive --seconds 60")]
     Demo {
         /// Where to mount (default ./drizzle-demo).
