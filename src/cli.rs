@@ -730,7 +730,7 @@ fn mount(
         crate::recover::recover(&data_dir, name, &password, kdf, setup.node.clone())?;
     }
     let (cfg, keys) = unlock(&data_dir, &password)?;
-    if !recovering && !opts.net.peer.is_empty() && !daemon::socket_path(&data_dir).exists() {
+    if !recovering && !opts.net.peer.is_empty() {
         // Another device may have published a newer version meanwhile.
         crate::recover::update_from_network(&data_dir, &cfg, &keys, setup.node.clone())?;
     }

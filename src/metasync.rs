@@ -28,7 +28,7 @@ use crate::net::NodeHandle;
 use crate::remote::{fetch_object, Remote};
 use crate::root::{dht_key, RootRecord};
 use crate::vault::replica::{
-    includes, refs_digest, slim, ChainRef, MetaHead, MetaObject, PublishState, Pulled, RootPayload,
+    includes, refs_digest, slim, ChainRef, MetaHead, MetaObject, Pulled, RootPayload,
 };
 
 /// Pending journal bytes above which a publish writes a snapshot instead.
@@ -285,22 +285,6 @@ pub struct Published {
 }
 
 impl Remote {
-    /// Current references of a publish state's objects (snapshot, segments,
-    /// head), from the chain records.
-    fn current_refs(&self, st: &PublishState) -> Result<Vec<ChainRef>, String> {
-        st.snapshot
-            .iter()
-            .chain(&st.segments)
-            .chain(st.head.iter())
-            .map(|id| {
-                self.vault
-                    .chain_ref(id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("metadata object {id} has no placement"))
-            })
-            .collect()
-    }
-
     /// Waits until the uploader has placed these metadata objects.
     async fn wait_placed(&self, ids: &[ObjectId]) -> Result<Vec<ChainRef>, String> {
         self.kick();
@@ -369,8 +353,12 @@ impl Remote {
                 _ => {}
             }
         }
-        if let Err(e) = self.node.keep_root(&key, bytes) {
-            tracing::warn!("keeping the root record on this node: {e}");
+        // The node's own copy is a synced RocksDB write: off the async workers.
+        let (node, own) = (self.node.clone(), bytes.to_vec());
+        match tokio::task::spawn_blocking(move || node.keep_root(&key, &own)).await {
+            Ok(Err(e)) => tracing::warn!("keeping the root record on this node: {e}"),
+            Err(e) => tracing::warn!("keeping the root record on this node: {e}"),
+            Ok(Ok(_)) => {}
         }
         match dht {
             Ok(Ok(())) => {}
@@ -426,19 +414,18 @@ impl Remote {
             );
         }
         let vault = self.vault.clone();
-        let (mut st, entries) = tokio::task::spawn_blocking(move || {
+        let (mut st, entries, refs_now) = tokio::task::spawn_blocking(move || {
             let st = vault.publish_state()?;
             let e = vault.pending_journal(st.upto, MAX_HEAD_ENTRIES + 1)?;
-            Ok::<_, crate::vault::VaultError>((st, e))
+            let refs = match st.head {
+                Some(_) => Some(vault.state_refs(&st)?),
+                None => None,
+            };
+            Ok::<_, crate::vault::VaultError>((st, e, refs))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        let refs_now = if st.head.is_some() {
-            Some(self.current_refs(&st)?)
-        } else {
-            None
-        };
         let moved = refs_now
             .as_ref()
             .is_some_and(|r| refs_digest(r.iter()) != st.refs_digest);
@@ -663,30 +650,25 @@ impl Remote {
         loop {
             tokio::time::sleep(self.publish_every).await;
             let vault = self.vault.clone();
-            let st = match tokio::task::spawn_blocking(move || {
+            let (st, due) = match tokio::task::spawn_blocking(move || {
                 vault.trim_unpublished_journal()?;
-                vault.publish_state()
+                let st = vault.publish_state()?;
+                let due = vault.publish_due(&st)?;
+                Ok::<_, crate::vault::VaultError>((st, due))
             })
             .await
             {
-                Ok(Ok(st)) => st,
-                _ => continue,
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!("reading the publish state: {e}");
+                    continue;
+                }
+                Err(_) => continue,
             };
             if self.vault.upload_backlog().objects > 0 || self.node.storage_peers().is_empty() {
                 continue;
             }
-            let pending = self
-                .vault
-                .pending_journal(st.upto, 1)
-                .is_ok_and(|v| !v.is_empty());
-            let moved = st.head.is_some()
-                && self
-                    .current_refs(&st)
-                    .is_ok_and(|r| refs_digest(r.iter()) != st.refs_digest);
-            // Never published: the first snapshot (the journal before it
-            // was trimmed above, the snapshot holds everything).
-            let renumbered = st.upto > self.vault.journal_last();
-            if pending || moved || renumbered || st.head.is_none() {
+            if due {
                 if let Err(e) = self.publish().await {
                     tracing::warn!("publishing the metadata failed (will retry): {e}");
                 }

@@ -169,7 +169,12 @@ pub fn update_from_network(
     keys: &VaultKeys,
     node: NodeConfig,
 ) -> anyhow::Result<()> {
-    let (st, pending) = Vault::local_publish_state(data_dir, keys)?;
+    let (st, pending) = match Vault::local_publish_state(data_dir, keys) {
+        Ok(v) => v,
+        // A daemon already serves this data dir: the mount reports that.
+        Err(crate::vault::VaultError::Store(crate::store::StoreError::Locked(_))) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let dir = data_dir.to_path_buf();
     with_node(node, async |node| {
         if metasync::wait_for_peers(node, Duration::from_secs(5)).await == 0 {

@@ -138,6 +138,8 @@ impl Cf {
 
 /// One change to a replicated family: (family code, key, value or delete).
 pub type Change = (u8, Vec<u8>, Option<Vec<u8>>);
+/// A [`Change`] borrowed from a batch (same serialized form).
+type ChangeRef<'a> = (u8, &'a [u8], Option<&'a [u8]>);
 
 /// Sealed objects up to this size live inline in RocksDB, so a small file's
 /// fsync is a single WAL sync.
@@ -314,14 +316,16 @@ impl Store {
             return Ok(());
         }
         let mut wb = rocksdb::WriteBatch::default();
-        let mut changes: Vec<Change> = Vec::new();
+        // Borrowed: postcard writes these exactly like a `Vec<Change>`, so the
+        // journal costs one serialization, not a copy of every record.
+        let mut changes: Vec<ChangeRef> = Vec::new();
         for (cf, k, v) in &batch.ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(*cf), k, v),
                 None => wb.delete_cf(self.cf(*cf), k),
             }
             if let (Some(code), Some(_)) = (cf.code(), &self.journal) {
-                changes.push((code, k.clone(), v.clone()));
+                changes.push((code, k, v.as_deref()));
             }
         }
         match (&self.journal, changes.is_empty()) {

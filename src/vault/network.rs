@@ -120,11 +120,7 @@ impl Vault {
         id: &ObjectId,
         size: u64,
     ) -> Result<()> {
-        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
-            batch.delete(Cf::Uploads, id.0.to_vec());
-            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
-            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(size);
-        }
+        self.dequeue_upload(inner, batch, id, size)?;
         // Its fragments' leases are cancelled in the background.
         let placement: Option<Placement> = self.get_record(Cf::Placements, &id.0, "placement")?;
         for f in placement.iter().flat_map(|p| &p.fragments) {
@@ -184,15 +180,8 @@ impl Vault {
         };
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, placement);
-        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
-            batch.delete(Cf::Uploads, id.0.to_vec());
-            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
-            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(rec.size);
-        }
-        let local = self.store.has_object(id)?;
-        if local {
-            batch.put(Cf::Cached, id.0.to_vec(), rec.size.to_be_bytes().to_vec());
-        }
+        self.dequeue_upload(&mut inner, &mut batch, id, rec.size)?;
+        let local = self.mark_cached(&mut batch, id, rec.size)?;
         self.commit(&mut inner, batch)?;
         drop(inner);
         if local {
@@ -200,6 +189,32 @@ impl Vault {
         }
         self.evict()?;
         Ok(true)
+    }
+
+    /// Takes an object off the upload queue (in `batch`) if it is queued.
+    pub(super) fn dequeue_upload(
+        &self,
+        inner: &mut Inner,
+        batch: &mut Batch,
+        id: &ObjectId,
+        size: u64,
+    ) -> Result<()> {
+        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
+            batch.delete(Cf::Uploads, id.0.to_vec());
+            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
+            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(size);
+        }
+        Ok(())
+    }
+
+    /// Makes the local copy of a placed object evictable (in `batch`);
+    /// false if there is no local copy.
+    pub(super) fn mark_cached(&self, batch: &mut Batch, id: &ObjectId, size: u64) -> Result<bool> {
+        let local = self.store.has_object(id)?;
+        if local {
+            batch.put(Cf::Cached, id.0.to_vec(), size.to_be_bytes().to_vec());
+        }
+        Ok(local)
     }
 
     /// Adds a local copy to the disk cache's LRU.
@@ -229,7 +244,7 @@ impl Vault {
     /// Every placement, of file content and metadata objects (a scan, for
     /// renewal, audits and repair).
     pub fn all_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
-        let mut out = self.chain_placements()?;
+        let mut out = self.metadata_placements()?;
         out.extend(self.placements()?);
         Ok(out)
     }

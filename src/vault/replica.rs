@@ -307,6 +307,30 @@ impl Vault {
             .and_then(|r| r.placement.map(|placement| ChainRef { id: *id, placement })))
     }
 
+    /// Current references of a publish state's objects (snapshot parts,
+    /// segments, head), from the chain records.
+    pub fn state_refs(&self, st: &PublishState) -> Result<Vec<ChainRef>> {
+        st.snapshot
+            .iter()
+            .chain(&st.segments)
+            .chain(&st.head)
+            .map(|id| {
+                self.chain_ref(id)?
+                    .ok_or_else(|| corrupt(format!("metadata object {id}"), "has no placement"))
+            })
+            .collect()
+    }
+
+    /// Whether a publish has work: never published, new journal entries, a
+    /// journal behind its recorded position, or metadata objects that repair
+    /// moved since the head named them.
+    pub fn publish_due(&self, st: &PublishState) -> Result<bool> {
+        Ok(st.head.is_none()
+            || !self.pending_journal(st.upto, 1)?.is_empty()
+            || st.upto > self.journal_last()
+            || refs_digest(self.state_refs(st)?.iter()) != st.refs_digest)
+    }
+
     /// Records where a metadata object's fragments are (from
     /// `commit_placement`, under the vault lock). False if it is no
     /// metadata object (any more).
@@ -322,15 +346,8 @@ impl Vault {
         rec.placement = Some(placement.clone());
         let mut batch = Batch::default();
         chain_batch_put(&self.keys, &mut batch, id, &rec);
-        if self.store.get(Cf::Uploads, &id.0)?.is_some() {
-            batch.delete(Cf::Uploads, id.0.to_vec());
-            inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
-            inner.uploads.bytes = inner.uploads.bytes.saturating_sub(rec.size);
-        }
-        let local = self.store.has_object(id)?;
-        if local {
-            batch.put(Cf::Cached, id.0.to_vec(), rec.size.to_be_bytes().to_vec());
-        }
+        self.dequeue_upload(inner, &mut batch, id, rec.size)?;
+        let local = self.mark_cached(&mut batch, id, rec.size)?;
         self.store.write(batch)?;
         if local {
             self.note_cached(id, rec.size);
@@ -338,13 +355,8 @@ impl Vault {
         Ok(true)
     }
 
-    /// Placements of the metadata objects on peers.
-    pub fn metadata_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
-        self.chain_placements()
-    }
-
     /// Placements of every metadata object on peers.
-    pub(super) fn chain_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
+    pub fn metadata_placements(&self) -> Result<Vec<(ObjectId, Placement)>> {
         let mut out = Vec::new();
         for (k, v) in self.store.scan(Cf::Chain, &[], usize::MAX)? {
             if k.len() != 32 {
@@ -412,11 +424,7 @@ impl Vault {
             for f in rec.placement.iter().flat_map(|p| &p.fragments) {
                 batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
             }
-            if self.store.get(Cf::Uploads, &id.0)?.is_some() {
-                batch.delete(Cf::Uploads, id.0.to_vec());
-                inner.uploads.objects = inner.uploads.objects.saturating_sub(1);
-                inner.uploads.bytes = inner.uploads.bytes.saturating_sub(rec.size);
-            }
+            self.dequeue_upload(&mut inner, &mut batch, id, rec.size)?;
             batch.delete(Cf::Chain, id.0.to_vec());
             batch.delete(Cf::Cached, id.0.to_vec());
             batch.delete_object(id, rec.size);

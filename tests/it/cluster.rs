@@ -82,6 +82,35 @@ fn online_vault(
     (vault, vnode, remote)
 }
 
+/// `count` storage nodes and a vault (with its own node) that has found
+/// them all; every node stops when this is dropped.
+struct Cluster {
+    nodes: Vec<NodeHandle>,
+    vault: Arc<Vault>,
+    vnode: NodeHandle,
+    remote: Arc<Remote>,
+    _stop: Stopper,
+}
+
+fn cluster(rt: &tokio::runtime::Runtime, dir: &Path, count: usize, rcfg: RemoteConfig) -> Cluster {
+    let nodes = rt.block_on(start_nodes(dir, &vec![None; count], 1 << 30));
+    let mut stop = Stopper(nodes.clone());
+    let (vault, vnode, remote) =
+        online_vault(rt, &dir.join("vault"), nodes[0].listen_addrs(), rcfg);
+    stop.0.push(vnode.clone());
+    // Kademlia finds the whole cluster from one bootstrap address.
+    wait_for("peer discovery", Duration::from_secs(30), || {
+        vnode.storage_peers().len() >= count
+    });
+    Cluster {
+        nodes,
+        vault,
+        vnode,
+        remote,
+        _stop: stop,
+    }
+}
+
 /// Writes a file through the vault API.
 fn write_file(vault: &Vault, name: &str, data: &[u8]) -> u64 {
     let ino = vault
@@ -106,21 +135,9 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 12], 1 << 30));
-    let _stop = Stopper(nodes.clone());
-
     let (k, n) = (4, 8);
-    let (vault, vnode, remote) = online_vault(
-        &rt,
-        &tmp.path().join("vault"),
-        nodes[0].listen_addrs(),
-        RemoteConfig::new(k, n),
-    );
-    let _stop_v = Stopper(vec![vnode.clone()]);
-    // Kademlia finds the whole cluster from one bootstrap address.
-    wait_for("peer discovery", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= 12
-    });
+    let c = cluster(&rt, tmp.path(), 12, RemoteConfig::new(k, n));
+    let (nodes, vault, vnode, remote) = (&c.nodes, &c.vault, &c.vnode, &c.remote);
 
     let mut files = Vec::new();
     for (i, len) in [0usize, 1, 5000, 300_000, 4 << 20, (9 << 20) + 77]
@@ -128,7 +145,7 @@ fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
         .enumerate()
     {
         let data = pattern(len, i as u64);
-        files.push((write_file(&vault, &format!("f{i}"), &data), data));
+        files.push((write_file(vault, &format!("f{i}"), &data), data));
     }
     vault.sync_all().unwrap();
     let objects = vault.stats().unwrap().objects;
@@ -531,22 +548,12 @@ fn nodes_talk_over_quic() {
 fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 6], 1 << 30));
-    let _stop = Stopper(nodes.clone());
     let mut rcfg = RemoteConfig::new(2, 4);
     rcfg.repair_every = Duration::from_secs(1);
-    let (vault, vnode, remote) = online_vault(
-        &rt,
-        &tmp.path().join("vault"),
-        nodes[0].listen_addrs(),
-        rcfg,
-    );
-    let _stop_v = Stopper(vec![vnode.clone()]);
-    wait_for("peers", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= 6
-    });
+    let c = cluster(&rt, tmp.path(), 6, rcfg);
+    let (nodes, vault, vnode, remote) = (&c.nodes, &c.vault, &c.vnode, &c.remote);
     let data = pattern(4 << 20, 11);
-    let ino = write_file(&vault, "f", &data);
+    let ino = write_file(vault, "f", &data);
     vault.sync_all().unwrap();
     rt.block_on(remote.wait_synced(|_| {})).unwrap();
     // One holder loses its fragment files behind the node's back, another
@@ -589,26 +596,16 @@ fn root_records_are_checked_and_the_newest_wins() {
 
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 4], 1 << 30));
-    let _stop = Stopper(nodes.clone());
-    let (vault, vnode, remote) = online_vault(
-        &rt,
-        &tmp.path().join("vault"),
-        nodes[0].listen_addrs(),
-        RemoteConfig::new(2, 4),
-    );
-    let _stop_v = Stopper(vec![vnode.clone()]);
-    wait_for("peer discovery", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= 4
-    });
+    let c = cluster(&rt, tmp.path(), 4, RemoteConfig::new(2, 4));
+    let (nodes, vault, vnode, remote) = (&c.nodes, &c.vault, &c.vnode, &c.remote);
     let keys = VaultKeys::from_master(&[7u8; 32]);
 
     // Nothing published yet: nothing found.
-    let look = rt.block_on(find_root(&vnode, &keys));
+    let look = rt.block_on(find_root(vnode, &keys));
     assert!(look.best.is_none());
     assert_eq!(look.asked, 4);
 
-    write_file(&vault, "a", &pattern(100_000, 1));
+    write_file(vault, "a", &pattern(100_000, 1));
     vault.sync_all().unwrap();
     rt.block_on(remote.wait_synced(|_| {})).unwrap();
     let first = rt.block_on(remote.publish()).unwrap();
@@ -616,7 +613,7 @@ fn root_records_are_checked_and_the_newest_wins() {
     let old = vault.publish_state().unwrap().root;
 
     // A second publish with one change is a small journal head, not a snapshot.
-    write_file(&vault, "b", b"second");
+    write_file(vault, "b", b"second");
     vault.sync_all().unwrap();
     rt.block_on(remote.wait_synced(|_| {})).unwrap();
     let second = rt.block_on(remote.publish()).unwrap();
@@ -625,13 +622,13 @@ fn root_records_are_checked_and_the_newest_wins() {
     // Nothing changed: nothing published.
     assert!(rt.block_on(remote.publish()).unwrap().unchanged);
 
-    let look = rt.block_on(find_root(&vnode, &keys));
+    let look = rt.block_on(find_root(vnode, &keys));
     assert_eq!(look.best.as_ref().unwrap().record.seq, second.seq);
     assert_eq!(look.answered, 4);
 
     // Replaying the older record: nodes holding the newer one refuse it.
     let key = RootRecord::parse(&old).unwrap().key();
-    for n in &nodes {
+    for n in nodes {
         let r = rt
             .block_on(vnode.request(
                 n.peer_id(),
@@ -660,7 +657,7 @@ fn root_records_are_checked_and_the_newest_wins() {
     wait_for("the stale node", Duration::from_secs(30), || {
         vnode.storage_peers().len() >= 5
     });
-    let look = rt.block_on(find_root(&vnode, &keys));
+    let look = rt.block_on(find_root(vnode, &keys));
     assert_eq!(look.best.unwrap().record.seq, second.seq);
 
     // Forged records: a bad signature, or signed by another key, are
@@ -699,8 +696,29 @@ fn root_records_are_checked_and_the_newest_wins() {
     )
     .encode();
     assert!(check_root(&keys, &junk).is_err());
-    let look = rt.block_on(find_root(&vnode, &keys));
-    assert_eq!(look.best.unwrap().record.seq, second.seq);
+    let look = rt.block_on(find_root(vnode, &keys));
+    let found = look.best.unwrap();
+    assert_eq!(found.record.seq, second.seq);
+
+    // The root is found but its metadata is out of reach (3 of the 4
+    // holders gone, k = 2): the pull fails, naming the shortfall, and
+    // writes nothing.
+    for n in &nodes[..3] {
+        n.stop();
+    }
+    let dir = tmp.path().join("unreachable");
+    let err = rt
+        .block_on(drizzle::metasync::pull_into(
+            vnode,
+            &keys,
+            &found,
+            &dir,
+            None,
+            |_| {},
+        ))
+        .unwrap_err();
+    assert!(err.contains("fragments needed could be fetched"), "{err}");
+    assert!(!dir.exists());
 }
 
 /// Recovering 20,000 files: only metadata is fetched (file contents stay on
@@ -710,18 +728,8 @@ fn recovering_twenty_thousand_files_fetches_only_metadata() {
     const FILES: usize = 20_000;
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let nodes = rt.block_on(start_nodes(tmp.path(), &[None; 5], 1 << 30));
-    let _stop = Stopper(nodes.clone());
-    let (vault, vnode, remote) = online_vault(
-        &rt,
-        &tmp.path().join("vault"),
-        nodes[0].listen_addrs(),
-        RemoteConfig::new(3, 5),
-    );
-    let _stop_v = Stopper(vec![vnode.clone()]);
-    wait_for("peer discovery", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= 5
-    });
+    let c = cluster(&rt, tmp.path(), 5, RemoteConfig::new(3, 5));
+    let (nodes, vault, remote) = (&c.nodes, &c.vault, &c.remote);
     let t = Instant::now();
     let dirs: Vec<u64> = (0..100)
         .map(|d| {

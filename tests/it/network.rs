@@ -393,18 +393,7 @@ fn repair_restores_redundancy_on_new_nodes() {
     peer_args(&mut r, &fresh, Some("0"));
     r.mount_args
         .extend(["--vault", "repair", "--kdf-memory", "64M"].map(String::from));
-    let mnt = r.mnt.to_str().unwrap().to_string();
-    let mut args = vec!["mount", mnt.as_str()];
-    args.extend(r.mount_args.iter().map(String::as_str));
-    let out = r.drizzle(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    r.umount_unrecorded();
-    r.mount_args.retain(|a| a != "--vault" && a != "repair");
-    r.mount();
+    r.mount_checked();
     assert_same_tree(&src, &r.mnt);
     r.umount();
 }

@@ -36,13 +36,6 @@ fn devices_only(d: &mut Drive, nodes: &[Node]) {
     }
 }
 
-fn mount_out(d: &Drive) -> std::process::Output {
-    let mnt = d.mnt.to_str().unwrap().to_string();
-    let mut args = vec!["mount", mnt.as_str()];
-    args.extend(d.mount_args.iter().map(String::as_str));
-    d.drizzle(&args)
-}
-
 fn is_mounted(p: &Path) -> bool {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
@@ -71,14 +64,9 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     std::fs::remove_dir_all(&d.data).unwrap();
     let mut r = Drive::blank();
     recovery_args(&mut r, &nodes, "lost-laptop");
-    let out = mount_out(&r);
+    let out = r.mount_checked();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "recovery failed: {err}\n{}", r.log());
     assert!(err.contains("recovered vault 'lost-laptop'"), "{err}");
-    r.umount_unrecorded();
-    r.mount_args
-        .retain(|a| a != "--vault" && a != "lost-laptop");
-    r.mount();
     assert_same_tree(&src, &r.mnt);
     // The recovered vault is a working vault: it writes and syncs.
     std::fs::write(r.p("after-recovery.txt"), b"still here\n").unwrap();
@@ -91,17 +79,7 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     }
     let mut r2 = Drive::blank();
     recovery_args(&mut r2, &nodes[3..], "lost-laptop");
-    let out = mount_out(&r2);
-    assert!(
-        out.status.success(),
-        "recovery failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        r2.log()
-    );
-    r2.umount_unrecorded();
-    r2.mount_args
-        .retain(|a| a != "--vault" && a != "lost-laptop");
-    r2.mount();
+    r2.mount_checked();
     std::fs::write(src.join("after-recovery.txt"), b"still here\n").unwrap();
     assert_same_tree(&src, &r2.mnt);
     r2.umount();
@@ -110,7 +88,7 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     let mut w = Drive::blank();
     w.password = "a different but strong passphrase 42".into();
     recovery_args(&mut w, &nodes[3..], "lost-laptop");
-    let out = mount_out(&w);
+    let out = w.mount_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -126,7 +104,7 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     lone.mount_args = crate::support::local_net_args();
     lone.mount_args
         .extend(["--vault", "lost-laptop", "--kdf-memory", "64M"].map(String::from));
-    let out = mount_out(&lone);
+    let out = lone.mount_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no peers were reachable"), "{err}");
@@ -153,12 +131,9 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     // network could not be asked is never published over the first.
     let mut twin = Drive::init_with("lost-laptop", &["--k", "3", "--n", "6"]);
     peer_args(&mut twin, &nodes[3..], None);
-    let out = mount_out(&twin);
+    let out = twin.mount_checked();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
     assert!(err.contains("separate vault created here"), "{err}");
-    twin.umount_unrecorded();
-    twin.mount();
     std::fs::write(twin.p("impostor.txt"), b"must not win\n").unwrap();
     let out = twin.sync_network();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -167,15 +142,10 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
     twin.umount();
     let mut again = Drive::blank();
     recovery_args(&mut again, &nodes[3..], "lost-laptop");
-    let out = mount_out(&again);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    again.mount_checked();
     assert!(again.p("after-recovery.txt").exists());
     assert!(!again.p("impostor.txt").exists());
-    again.umount_unrecorded();
+    again.umount();
 }
 
 #[test]
@@ -190,13 +160,8 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
     // Device B: recovered from the network, adds a file, syncs.
     let mut b = Drive::blank();
     recovery_args(&mut b, &nodes, "shared");
-    let out = mount_out(&b);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b.umount_unrecorded();
+    b.mount_checked();
+    b.umount();
     devices_only(&mut b, &nodes);
     b.mount();
     assert_eq!(std::fs::read(b.p("from-a.txt")).unwrap(), b"written on A\n");
@@ -224,15 +189,9 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
     let conflict = st["metadata"]["conflict"].as_str().unwrap_or_default();
     assert!(conflict.contains("last synced wins"), "{st}");
     a.umount();
-    let mnt = a.mnt.to_str().unwrap().to_string();
-    let mut args = vec!["mount", mnt.as_str()];
-    args.extend(a.mount_args.iter().map(String::as_str));
-    let out = a.drizzle(&args);
+    let out = a.mount_checked();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
     assert!(err.contains("different version"), "{err}");
-    a.umount_unrecorded();
-    a.mount();
     assert_eq!(std::fs::read(a.p("only-a.txt")).unwrap(), b"A alone\n");
     assert_eq!(std::fs::read(b.p("only-b.txt")).unwrap(), b"B alone\n");
     assert!(!a.p("only-b.txt").exists());
@@ -242,15 +201,10 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
     // A new machine gets the last synced version (B's).
     let mut c = Drive::blank();
     recovery_args(&mut c, &nodes, "shared");
-    let out = mount_out(&c);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.mount_checked();
     assert_eq!(std::fs::read(c.p("only-b.txt")).unwrap(), b"B alone\n");
     assert_eq!(std::fs::read(c.p("from-a.txt")).unwrap(), b"written on A\n");
-    c.umount_unrecorded();
+    c.umount();
 }
 
 #[test]
@@ -294,12 +248,7 @@ fn metadata_is_published_in_the_background_and_at_unmount() {
 
     let mut r = Drive::blank();
     recovery_args(&mut r, &nodes, "background");
-    let out = mount_out(&r);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    r.mount_checked();
     assert_eq!(
         std::fs::read(r.p("first.txt")).unwrap(),
         b"published in the background\n"
@@ -308,5 +257,5 @@ fn metadata_is_published_in_the_background_and_at_unmount() {
         std::fs::read(r.p("last.txt")).unwrap(),
         b"published at unmount\n"
     );
-    r.umount_unrecorded();
+    r.umount();
 }

@@ -121,11 +121,17 @@ impl Drive {
         run_with_timeout(&mut cmd, Duration::from_secs(300))
     }
 
-    pub fn mount(&mut self) {
+    /// `drizzle mount MNT` with `mount_args`, as it ran (success unchecked).
+    pub fn mount_output(&self) -> Output {
         let mnt = self.mnt.to_str().unwrap().to_string();
         let mut args = vec!["mount", mnt.as_str()];
         args.extend(self.mount_args.iter().map(String::as_str));
-        let out = self.drizzle(&args);
+        self.drizzle(&args)
+    }
+
+    /// Mounts (which must succeed) and returns what the command printed.
+    pub fn mount_checked(&mut self) -> Output {
+        let out = self.mount_output();
         assert!(
             out.status.success(),
             "mount failed: {}\n{}",
@@ -133,6 +139,11 @@ impl Drive {
             self.log()
         );
         self.pid = Some(self.status()["pid"].as_i64().unwrap() as i32);
+        out
+    }
+
+    pub fn mount(&mut self) {
+        self.mount_checked();
     }
 
     pub fn umount(&mut self) {
