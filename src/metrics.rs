@@ -22,86 +22,94 @@ pub fn render(node: &NodeHandle) -> String {
         .values()
         .filter(|p| p.connected() && p.storage)
         .count();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let table: [(&str, &str, &str, u64); 14] = [
+        (
+            "donated_bytes",
+            "gauge",
+            "Bytes this node offers to store for others.",
+            cap.donated,
+        ),
+        (
+            "stored_bytes",
+            "gauge",
+            "Bytes of fragments stored for others.",
+            cap.used,
+        ),
+        (
+            "fragments",
+            "gauge",
+            "Fragments stored for others.",
+            node.fragment_count(),
+        ),
+        (
+            "root_records",
+            "gauge",
+            "Vault root records kept.",
+            node.root_count(),
+        ),
+        ("peers", "gauge", "Connected peers.", connected as u64),
+        (
+            "storage_peers",
+            "gauge",
+            "Connected peers that store fragments.",
+            storage as u64,
+        ),
+        (
+            "requests_total",
+            "counter",
+            "Fragment protocol requests served.",
+            load(&c.requests),
+        ),
+        (
+            "fragments_stored_total",
+            "counter",
+            "Fragments accepted (PUT).",
+            load(&c.fragments_stored),
+        ),
+        (
+            "fragments_served_total",
+            "counter",
+            "Fragments sent (GET).",
+            load(&c.fragments_served),
+        ),
+        (
+            "refused_total",
+            "counter",
+            "PUTs refused (full, bad id, malformed).",
+            load(&c.refused),
+        ),
+        (
+            "errors_total",
+            "counter",
+            "Requests that failed on this node.",
+            load(&c.errors),
+        ),
+        (
+            "malformed_requests_total",
+            "counter",
+            "Requests dropped as malformed or oversized.",
+            load(&c.malformed),
+        ),
+        (
+            "received_bytes_total",
+            "counter",
+            "Fragment bytes received.",
+            load(&c.bytes_in),
+        ),
+        (
+            "sent_bytes_total",
+            "counter",
+            "Fragment bytes sent.",
+            load(&c.bytes_out),
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    for (name, kind, help, value) in table {
         let _ = writeln!(out, "# HELP drizzle_{name} {help}");
         let _ = writeln!(out, "# TYPE drizzle_{name} {kind}");
         let _ = writeln!(out, "drizzle_{name} {value}");
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric(
-        "donated_bytes",
-        "gauge",
-        "Bytes this node offers to store for others.",
-        cap.donated,
-    );
-    metric(
-        "stored_bytes",
-        "gauge",
-        "Bytes of fragments stored for others.",
-        cap.used,
-    );
-    metric(
-        "fragments",
-        "gauge",
-        "Fragments stored for others.",
-        node.fragment_count(),
-    );
-    metric("peers", "gauge", "Connected peers.", connected as u64);
-    metric(
-        "storage_peers",
-        "gauge",
-        "Connected peers that store fragments.",
-        storage as u64,
-    );
-    metric(
-        "requests_total",
-        "counter",
-        "Fragment protocol requests served.",
-        load(&c.requests),
-    );
-    metric(
-        "fragments_stored_total",
-        "counter",
-        "Fragments accepted (PUT).",
-        load(&c.fragments_stored),
-    );
-    metric(
-        "fragments_served_total",
-        "counter",
-        "Fragments sent (GET).",
-        load(&c.fragments_served),
-    );
-    metric(
-        "refused_total",
-        "counter",
-        "PUTs refused (full, bad id, malformed).",
-        load(&c.refused),
-    );
-    metric(
-        "errors_total",
-        "counter",
-        "Requests that failed on this node.",
-        load(&c.errors),
-    );
-    metric(
-        "malformed_requests_total",
-        "counter",
-        "Requests dropped as malformed or oversized.",
-        load(&c.malformed),
-    );
-    metric(
-        "received_bytes_total",
-        "counter",
-        "Fragment bytes received.",
-        load(&c.bytes_in),
-    );
-    metric(
-        "sent_bytes_total",
-        "counter",
-        "Fragment bytes sent.",
-        load(&c.bytes_out),
-    );
+    }
     out
 }
 

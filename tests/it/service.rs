@@ -273,6 +273,7 @@ fn node_serves_prometheus_metrics_on_loopback() {
     for name in [
         "stored_bytes",
         "fragments",
+        "root_records",
         "peers",
         "requests_total",
         "errors_total",
