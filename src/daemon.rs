@@ -648,7 +648,7 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
 /// publish it (bounded: unmount must not hang on the network).
 async fn publish_before_stop(remote: &Remote) {
     if remote.vault.upload_backlog().objects > 0
-        || remote.metadata_status().unpublished_changes == 0
+        || tokio::task::block_in_place(|| remote.metadata_status()).unpublished_changes == 0
     {
         return;
     }

@@ -55,12 +55,7 @@ pub fn peer_args(d: &mut Drive, nodes: &[Node], cache: Option<&str>) {
 
 #[test]
 fn sync_to_node_processes_then_read_back_after_losing_n_minus_k() {
-    let first = Node::start("1G", &[]);
-    let mut nodes = vec![first];
-    for _ in 0..6 {
-        let a = nodes[0].addr.clone();
-        nodes.push(Node::start("1G", &[&a]));
-    }
+    let mut nodes = Node::several(7);
     let mut d = Drive::init_with("netvault", &["--k", "3", "--n", "6"]);
     peer_args(&mut d, &nodes, None);
     d.mount();
@@ -322,12 +317,7 @@ fn deleted_files_free_space_and_unrenewed_leases_expire() {
 /// read everything.
 #[test]
 fn repair_restores_redundancy_on_new_nodes() {
-    let first = Node::start("1G", &[]);
-    let mut nodes = vec![first];
-    for _ in 0..3 {
-        let a = nodes[0].addr.clone();
-        nodes.push(Node::start("1G", &[&a]));
-    }
+    let mut nodes = Node::several(4);
     let mut d = Drive::init_with("repair", &["--k", "2", "--n", "4"]);
     peer_args(&mut d, &nodes, None);
     d.mount_args.extend(

@@ -7,16 +7,6 @@ use std::path::Path;
 use crate::network::{copy_in, peer_args, sample_tree, sync_ok};
 use crate::support::{assert_same_tree, Drive, Node};
 
-fn nodes(count: usize) -> Vec<Node> {
-    let first = Node::start("1G", &[]);
-    let a = first.addr.clone();
-    let mut v = vec![first];
-    for _ in 1..count {
-        v.push(Node::start("1G", &[&a]));
-    }
-    v
-}
-
 /// Mount arguments that recover `name` on an empty data dir.
 fn recovery_args(d: &mut Drive, nodes: &[Node], name: &str) {
     peer_args(d, nodes, Some("0"));
@@ -45,7 +35,7 @@ fn is_mounted(p: &Path) -> bool {
 
 #[test]
 fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
-    let mut nodes = nodes(7);
+    let mut nodes = Node::several(7);
     let mut d = Drive::init_with("lost-laptop", &["--k", "3", "--n", "6"]);
     peer_args(&mut d, &nodes, None);
     d.mount();
@@ -150,7 +140,7 @@ fn recover_a_vault_on_an_empty_data_dir_from_name_and_password() {
 
 #[test]
 fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
-    let nodes = nodes(4);
+    let nodes = Node::several(4);
     let mut a = Drive::init_with("shared", &["--k", "2", "--n", "4"]);
     devices_only(&mut a, &nodes);
     a.mount();
@@ -209,7 +199,7 @@ fn two_devices_see_each_others_synced_changes_and_conflicts_lose_nothing() {
 
 #[test]
 fn metadata_is_published_in_the_background_and_at_unmount() {
-    let nodes = nodes(3);
+    let nodes = Node::several(3);
     let mut d = Drive::init_with("background", &["--k", "2", "--n", "3"]);
     peer_args(&mut d, &nodes, None);
     d.mount_args

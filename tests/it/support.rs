@@ -319,6 +319,17 @@ impl Node {
         Self::start_with(donate, peers, &[])
     }
 
+    /// `count` nodes donating 1G each, all bootstrapped from the first.
+    pub fn several(count: usize) -> Vec<Node> {
+        let first = Node::start("1G", &[]);
+        let a = first.addr.clone();
+        let mut v = vec![first];
+        for _ in 1..count {
+            v.push(Node::start("1G", &[&a]));
+        }
+        v
+    }
+
     /// Like [`start`](Self::start), with extra `drizzle node` arguments.
     pub fn start_with(donate: &str, peers: &[&str], extra: &[&str]) -> Node {
         use std::io::BufRead;
