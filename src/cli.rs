@@ -138,7 +138,8 @@ pub struct MountNetArgs {
     #[arg(long, value_name = "SIZE")]
     pub starter_allowance: Option<String>,
     /// Lease time asked of peers for each fragment, in seconds (default 30
-    /// days; renewed every third of it while the vault is mounted).
+    /// days; renewed whenever a third of it has passed: at every mount and
+    /// while mounted).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub lease_secs: Option<u32>,
     /// A fragment holder gone this long counts as lost and its fragments
@@ -152,6 +153,11 @@ pub struct MountNetArgs {
     /// 30; `drizzle sync` publishes at once).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub publish_every_secs: Option<u64>,
+    /// How long a read of data that is only on peers waits for its holders
+    /// to be found (right after a start) before it fails, in seconds
+    /// (default 30).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub read_wait_secs: Option<u64>,
 }
 
 // Parsed once per run: the size of the largest variant does not matter.
@@ -693,6 +699,7 @@ fn mount(
         lost_after: opts.lost_after_secs,
         repair_every: opts.repair_every_secs,
         publish_every: opts.publish_every_secs,
+        read_wait: opts.read_wait_secs,
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -712,6 +719,9 @@ fn mount(
         }
         return r;
     }
+    // A remount right after an unmount: the previous daemon may still be
+    // finishing (final sync, publish) and holding the database.
+    daemon::wait_previous_daemon(&data_dir, |m| eprintln!("{m}"))?;
     let recovering = !VaultConfig::path(&data_dir).exists();
     if recovering {
         // An empty data dir and a vault name: recover it from the network.
@@ -773,6 +783,9 @@ fn mount(
     if let Some(l) = opts.publish_every_secs {
         child_args.extend(["--publish-every-secs".into(), l.to_string()]);
     }
+    if let Some(l) = opts.read_wait_secs {
+        child_args.extend(["--read-wait-secs".into(), l.to_string()]);
+    }
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -793,6 +806,8 @@ pub struct MountSetup {
     pub repair_every: Option<u64>,
     /// Seconds between background metadata publishes.
     pub publish_every: Option<u64>,
+    /// Seconds a read waits for holders to be found.
+    pub read_wait: Option<u64>,
 }
 
 fn mount_foreground(
@@ -802,6 +817,11 @@ fn mount_foreground(
     setup: MountSetup,
     ready: impl FnOnce(Result<(), String>),
 ) -> anyhow::Result<()> {
+    // Again (cheap): a previous daemon may have begun stopping since.
+    if let Err(e) = daemon::wait_previous_daemon(data_dir, |m| tracing::info!("{m}")) {
+        ready(Err(format!("{e:#}")));
+        return Err(e);
+    }
     let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
         // The barter rule: storing N at overhead n/k takes N * n/k donated.
         let earned = (setup.node.donate as u128 * cfg.k as u128 / cfg.n.max(1) as u128) as u64;
@@ -831,6 +851,9 @@ fn mount_foreground(
     }
     if let Some(s) = setup.repair_every {
         remote.repair_every = Duration::from_secs(s.max(1));
+    }
+    if let Some(s) = setup.read_wait {
+        remote.read_wait = Duration::from_secs(s);
     }
     let net = daemon::NetSetup {
         node: setup.node,
@@ -983,9 +1006,10 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         println!("listening   {a}");
     }
     println!(
-        "peers       {} connected, {} storing fragments{}",
+        "peers       {} connected, {} storing fragments, {} known but not connected{}",
         n.peers,
         n.storage_peers,
+        n.known_not_connected,
         if n.bad_peers > 0 {
             format!(
                 ", {} returned bad data or failed (see the log)",
@@ -1044,8 +1068,15 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         }
         if h.crowded > 0 {
             println!(
-                "            {} objects share peers: fewer than {} storage peers were available",
+                "            {} objects crowded (several fragments on one peer): they spread \
+                 as more storage peers appear ({} needed)",
                 h.crowded, sy.n
+            );
+        }
+        if sy.activity.spread_objects > 0 {
+            println!(
+                "            {} crowded objects spread onto more peers since the mount",
+                sy.activity.spread_objects
             );
         }
         let a = &sy.activity;
@@ -1128,14 +1159,22 @@ fn umount(mountpoint: &Path) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     }
+    let mut gone = false;
     for _ in 0..300 {
         if daemon::mount_entry(&path)?.is_none() {
-            println!("unmounted {}", path.display());
-            return Ok(());
+            gone = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{} is still mounted after 30 s", path.display())
+    if !gone {
+        bail!("{} is still mounted after 30 s", path.display());
+    }
+    // Returns once the daemon is done, so a mount right after succeeds.
+    daemon::wait_store_released(&data_dir, daemon::PREVIOUS_DAEMON_WAIT)
+        .context("the mount is gone, but its daemon has not finished")?;
+    println!("unmounted {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -118,6 +118,12 @@ pub struct NodeStatus {
     pub requests_served: u64,
     /// Peers that returned bad data or failed requests (see the log).
     pub bad_peers: u64,
+    /// Peers in the address book (met before, kept across restarts).
+    #[serde(default)]
+    pub known_peers: u64,
+    /// Of those, the ones not connected now.
+    #[serde(default)]
+    pub known_not_connected: u64,
 }
 
 /// The vault's network state: uploads and redundancy.
@@ -140,6 +146,7 @@ pub struct SyncStatus {
 pub fn node_status(node: &NodeHandle) -> NodeStatus {
     let peers = node.peers();
     let cap = node.capacity();
+    let known = node.known_peers();
     NodeStatus {
         peer_id: node.peer_id().to_string(),
         listen: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
@@ -157,6 +164,8 @@ pub fn node_status(node: &NodeHandle) -> NodeStatus {
             .requests
             .load(std::sync::atomic::Ordering::Relaxed),
         bad_peers: peers.values().filter(|p| p.strikes > 0).count() as u64,
+        known_peers: known.0,
+        known_not_connected: known.1,
     }
 }
 
@@ -314,6 +323,72 @@ pub fn run_mount(
     let _ = std::fs::remove_file(socket_path(data_dir));
     result?;
     shut.map_err(|e| anyhow!("final sync failed: {e}"))
+}
+
+/// The process holding the vault database of `data_dir` (its RocksDB lock),
+/// if any. Only asks the kernel about the lock; never opens the database.
+pub fn store_holder(data_dir: &Path) -> Option<i32> {
+    let f = std::fs::File::open(data_dir.join("db").join("LOCK")).ok()?;
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
+    (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
+}
+
+/// How long a mount waits for the previous daemon of its data dir to finish
+/// (a remount right after an unmount), and `umount` for its daemon to exit.
+pub const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits while a daemon that no longer serves `data_dir` (it is shutting
+/// down: its control socket is closed) still holds the vault database.
+/// Returns at once if none does, or if a live daemon serves it (the mount
+/// then reports that one). `say` gets one line if there is anything to wait for.
+pub fn wait_previous_daemon(data_dir: &Path, say: impl FnOnce(&str)) -> anyhow::Result<()> {
+    let Some(pid) = store_holder(data_dir) else {
+        return Ok(());
+    };
+    if UnixStream::connect(socket_path(data_dir)).is_ok() {
+        // It still answers: it serves a mount, unless that mount is gone
+        // and it has not noticed yet (an unmount from outside a moment ago).
+        let serving = match request(data_dir, &Request::Status) {
+            Ok(Response {
+                status: Some(st), ..
+            }) => st
+                .mountpoint
+                .as_deref()
+                .is_none_or(|m| mount_entry(m).ok().flatten().is_some()),
+            _ => false,
+        };
+        if serving {
+            return Ok(());
+        }
+    }
+    say(&format!(
+        "waiting for the previous drizzle daemon of {} (pid {pid}) to finish...",
+        data_dir.display()
+    ));
+    wait_store_released(data_dir, PREVIOUS_DAEMON_WAIT)
+}
+
+/// Waits until no process holds the vault database of `data_dir`.
+pub fn wait_store_released(data_dir: &Path, limit: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while let Some(pid) = store_holder(data_dir) {
+        if start.elapsed() > limit {
+            bail!(
+                "the vault database in {} is still in use by process {pid} after {} s",
+                data_dir.display(),
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Binds the control socket, refusing if a daemon already serves `data_dir`.
@@ -616,7 +691,7 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
                                 Err(e) => Err(format!(
                                     "every object is on peers, but publishing the metadata failed: {e}"
                                 )),
-                                Ok(_) => metadata_redundancy(&m.remote),
+                                Ok(_) => m.remote.wait_metadata_spread().await.map(|_| ()),
                             },
                             Err(e) => Err(e),
                         };
@@ -662,22 +737,6 @@ async fn publish_before_stop(remote: &Remote) {
         Ok(Err(e)) => tracing::warn!("publishing the metadata before unmounting failed: {e}"),
         Err(_) => tracing::warn!("publishing the metadata before unmounting timed out"),
     }
-}
-
-/// After a publish: the metadata objects must be at full redundancy too.
-fn metadata_redundancy(remote: &Remote) -> Result<(), String> {
-    let h = tokio::task::block_in_place(|| remote.metadata_health())?;
-    if h.degraded + h.lost > 0 {
-        let (_, n) = remote.redundancy();
-        return Err(format!(
-            "the metadata is published, but {} of {} metadata objects are below full redundancy \
-             ({} storage peers connected; each needs {n} distinct peers)",
-            h.degraded + h.lost,
-            h.healthy + h.degraded + h.lost,
-            remote.node().storage_peers().len()
-        ));
-    }
-    Ok(())
 }
 
 /// Waits for the network sync, sending a progress line twice a second.

@@ -403,6 +403,8 @@ impl FragmentStore {
             b.delete_object(&ObjectId(id.0), e.len);
         }
         self.store.write(b)?;
+        // The files go once their removal is durable: the space is free now.
+        self.store.sync()?;
         let mut u = self.usage();
         for (_, e) in gone {
             u.bytes = u.bytes.saturating_sub(e.len);

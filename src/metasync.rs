@@ -195,7 +195,7 @@ async fn fetch_meta(
     keys: &VaultKeys,
     r: &ChainRef,
 ) -> Result<(MetaObject, u64), String> {
-    let sealed = fetch_object(node, &r.id, &r.placement).await?;
+    let sealed = fetch_object(node, &r.id, &r.placement, crate::remote::DEFAULT_READ_WAIT).await?;
     if ObjectId::of(&sealed) != r.id {
         return Err(format!("metadata object {} does not match its id", r.id));
     }

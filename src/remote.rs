@@ -26,6 +26,8 @@ use crate::placement::{self, Candidate};
 use crate::vault::records::{FragmentLoc, Placement};
 use crate::vault::{Fetcher, Vault};
 
+/// How long a read waits for the holders of its data to be found.
+pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(30);
 /// Objects encoded and sent at once.
 pub const UPLOAD_PARALLEL: usize = 8;
 /// A PUT that takes longer is retried elsewhere.
@@ -34,6 +36,8 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(30);
 const GET_TIMEOUT: Duration = Duration::from_secs(20);
 /// Without k fragments after this long, one more holder is asked.
 const HEDGE_AFTER: Duration = Duration::from_millis(400);
+/// `sync` looks this long for more peers when fewer than n are connected.
+const PEER_SEARCH: Duration = Duration::from_secs(20);
 /// `sync` gives up after this long without any upload progress.
 const STALL: Duration = Duration::from_secs(30);
 /// Attempts per fragment (the first peer, then others).
@@ -81,6 +85,8 @@ struct UploadState {
     in_flight: HashSet<ObjectId>,
     /// Objects repaired since start.
     repaired: u64,
+    /// Crowded objects spread onto more peers since start.
+    spread: u64,
     /// Fragments the last audit found missing on connected holders.
     missing: HashSet<(Vec<u8>, FragmentId)>,
     /// The last reason a peer gave for refusing a fragment.
@@ -95,6 +101,9 @@ pub struct UploadActivity {
     pub uploads_in_flight: u64,
     /// Objects whose lost fragments were rebuilt since the mount.
     pub repaired_objects: u64,
+    /// Crowded objects spread onto more peers since the mount.
+    #[serde(default)]
+    pub spread_objects: u64,
     /// Bytes per second over the last ten seconds.
     pub upload_rate: f64,
 }
@@ -113,6 +122,8 @@ pub struct Remote {
     pub(crate) publish_every: Duration,
     state: Mutex<UploadState>,
     wake: tokio::sync::Notify,
+    /// Asks the repair loop for a pass now.
+    repair_wake: tokio::sync::Notify,
     started: Instant,
     lease_secs: u32,
     cfg: RemoteConfig,
@@ -137,6 +148,9 @@ pub struct RemoteConfig {
     pub kdf: crate::crypto::KdfParams,
     /// Changed metadata is published in the background this often.
     pub publish_every: Duration,
+    /// How long a read of data that is only on peers waits for its holders
+    /// to be found (after a restart) before it fails.
+    pub read_wait: Duration,
 }
 
 impl RemoteConfig {
@@ -150,8 +164,16 @@ impl RemoteConfig {
             repair_rate: 32 << 20,
             kdf: crate::crypto::KdfParams::default_strong(),
             publish_every: Duration::from_secs(30),
+            read_wait: DEFAULT_READ_WAIT,
         }
     }
+}
+
+/// Seconds since the Unix epoch (lease upkeep runs on the wall clock).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn peer_bytes(p: &PeerId) -> Vec<u8> {
@@ -181,6 +203,7 @@ impl Remote {
             meta: Mutex::new(Default::default()),
             state: Mutex::new(UploadState::default()),
             wake: tokio::sync::Notify::new(),
+            repair_wake: tokio::sync::Notify::new(),
             started: Instant::now(),
             lease_secs: lease_secs.max(1),
             cfg,
@@ -205,6 +228,7 @@ impl Remote {
         vault.set_fetcher(Arc::new(NetFetcher {
             node,
             rt: tokio::runtime::Handle::current(),
+            wait: cfg.read_wait,
         }));
         tokio::spawn(remote.clone().upload_loop());
         tokio::spawn(remote.clone().renew_loop());
@@ -241,6 +265,7 @@ impl Remote {
         UploadActivity {
             uploads_in_flight: st.in_flight.len() as u64,
             repaired_objects: st.repaired,
+            spread_objects: st.spread,
             upload_rate: rate,
         }
     }
@@ -481,48 +506,113 @@ impl Remote {
         Err(last)
     }
 
-    /// Renews every fragment's lease every third of the lease time.
+    /// Keeps every fragment's lease alive. Each holder's last renewal is a
+    /// wall-clock time kept in the vault, so a vault mounted a few minutes
+    /// now and then (or a laptop that slept) renews whatever is due at once:
+    /// at every mount, then whenever a holder's renewal comes due (a third
+    /// of the lease after the last one). A holder that cannot be reached
+    /// stays due and is tried again every few minutes.
     async fn renew_loop(self: Arc<Self>) {
-        let every = Duration::from_secs((self.lease_secs / 3).max(1) as u64);
+        let period = (self.lease_secs / 3).max(1) as u64;
+        // Short checks against the wall clock, never one long sleep:
+        // tokio's timers stop while the machine is suspended.
+        let check = Duration::from_secs(period.clamp(1, 60));
+        let retry = period.clamp(1, 300);
+        let mut failed_at: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         loop {
-            tokio::time::sleep(every).await;
-            let vault = self.vault.clone();
-            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await
-            else {
+            if let Err(e) = self.renew_due(period, retry, &mut failed_at).await {
+                tracing::warn!("renewing leases: {e}");
+            }
+            tokio::time::sleep(check).await;
+        }
+    }
+
+    /// One pass of [`renew_loop`]: renews the leases of every holder whose
+    /// renewal is due.
+    async fn renew_due(
+        &self,
+        period: u64,
+        retry: u64,
+        failed_at: &mut std::collections::HashMap<Vec<u8>, u64>,
+    ) -> Result<(), String> {
+        let vault = self.vault.clone();
+        let (all, mut renewed) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::vault::VaultError>((vault.all_placements()?, vault.lease_renewals()?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let by_peer = group_by_peer(
+            all.into_iter()
+                .flat_map(|(_, p)| p.fragments)
+                .map(|f| (f.peer, f.id)),
+        );
+        let before = renewed.len();
+        renewed.retain(|p, _| by_peer.contains_key(p));
+        let mut changed = renewed.len() != before;
+        let now = unix_now();
+        for (peer_b, ids) in by_peer {
+            let due = renewed.get(&peer_b).is_none_or(|t| now >= t + period);
+            let backing_off = failed_at.get(&peer_b).is_some_and(|t| now < t + retry);
+            if !due || backing_off {
+                continue;
+            }
+            let Ok(peer) = PeerId::from_bytes(&peer_b) else {
                 continue;
             };
-            let by_peer = group_by_peer(
-                all.into_iter()
-                    .flat_map(|(_, p)| p.fragments)
-                    .map(|f| (f.peer, f.id)),
-            );
-            for (peer_b, ids) in by_peer {
-                let Ok(peer) = PeerId::from_bytes(&peer_b) else {
-                    continue;
-                };
-                for chunk in ids.chunks(LEASE_BATCH) {
-                    let items = chunk
-                        .iter()
-                        .map(|id| (*id, self.vault.lease_secrets(id, &peer_b).0))
-                        .collect();
-                    let req = Request::Renew {
-                        secs: self.lease_secs,
-                        items,
-                    };
-                    match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
-                        Ok(Ok(Response::Has(ok))) => {
-                            let lost = ok.iter().filter(|x| !**x).count();
-                            if lost > 0 {
-                                tracing::warn!(%peer, "{lost} leases could not be renewed (fragments gone)");
-                            }
-                        }
-                        Ok(Ok(other)) => tracing::warn!(%peer, "renewing leases: {other:?}"),
-                        Ok(Err(e)) => tracing::debug!(%peer, "renewing leases: {e}"),
-                        Err(_) => tracing::debug!(%peer, "renewing leases timed out"),
-                    }
+            match self.renew_on(peer, &peer_b, &ids).await {
+                Ok(()) => {
+                    tracing::info!(%peer, "renewed leases of {} fragments", ids.len());
+                    failed_at.remove(&peer_b);
+                    renewed.insert(peer_b, now);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::info!(%peer, "renewing leases failed (will retry): {e}");
+                    failed_at.insert(peer_b, now);
                 }
             }
         }
+        if changed {
+            let vault = self.vault.clone();
+            tokio::task::spawn_blocking(move || vault.set_lease_renewals(&renewed))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Renews the leases of `ids` on `peer`, in batches.
+    async fn renew_on(
+        &self,
+        peer: PeerId,
+        peer_b: &[u8],
+        ids: &[FragmentId],
+    ) -> Result<(), String> {
+        for chunk in ids.chunks(LEASE_BATCH) {
+            let items = chunk
+                .iter()
+                .map(|id| (*id, self.vault.lease_secrets(id, peer_b).0))
+                .collect();
+            let req = Request::Renew {
+                secs: self.lease_secs,
+                items,
+            };
+            match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                Ok(Ok(Response::Has(ok))) => {
+                    let lost = ok.iter().filter(|x| !**x).count();
+                    if lost > 0 {
+                        // Audits find these and repair rebuilds them.
+                        tracing::warn!(%peer, "{lost} leases could not be renewed (fragments gone)");
+                    }
+                }
+                Ok(Ok(other)) => return Err(format!("unexpected answer: {other:?}")),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("timed out".into()),
+            }
+        }
+        Ok(())
     }
 
     /// Cancels the leases of fragments whose objects were deleted, so the
@@ -586,32 +676,50 @@ impl Remote {
     }
 
     /// Rebuilds the fragments of lost holders on other peers, from fresh
-    /// encoding symbols, within the repair bandwidth limit.
+    /// encoding symbols, within the repair bandwidth limit; and spreads
+    /// crowded objects (several fragments on one holder, placed while few
+    /// peers were known) onto peers that joined since. Runs every
+    /// `repair_every` (with audits) and whenever `sync` asks ([`kick_repair`]).
     async fn repair_loop(self: Arc<Self>) {
+        let mut next_audit = Instant::now() + self.cfg.repair_every;
         loop {
-            tokio::time::sleep(self.cfg.repair_every).await;
+            let woken = tokio::select! {
+                _ = tokio::time::sleep_until(next_audit.into()) => false,
+                _ = self.repair_wake.notified() => true,
+            };
             let vault = self.vault.clone();
             let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await
             else {
                 continue;
             };
-            let missing = self.audit(&all).await;
-            self.state().missing = missing;
+            if !woken {
+                let missing = self.audit(&all).await;
+                self.state().missing = missing;
+                next_audit = Instant::now() + self.cfg.repair_every;
+            }
             for (id, p) in all {
                 let peers = self.node.peers();
-                let lost: Vec<&FragmentLoc> = p
+                let lost: Vec<FragmentLoc> = p
                     .fragments
                     .iter()
                     .filter(|f| self.gone(f, &peers))
+                    .cloned()
                     .collect();
-                if lost.is_empty() {
+                let extra = self.crowded_extras(&p, &lost);
+                if lost.is_empty() && extra.is_empty() {
                     continue;
                 }
                 let started = Instant::now();
-                match self.repair_one(&id, &p).await {
+                match self.repair_one(&id, &p, &lost, &extra).await {
                     Ok(bytes) => {
-                        self.state().repaired += 1;
-                        tracing::info!(object = %id, "repaired {} lost fragments", lost.len());
+                        if !lost.is_empty() {
+                            self.state().repaired += 1;
+                            tracing::info!(object = %id, "repaired {} lost fragments", lost.len());
+                        }
+                        if !extra.is_empty() {
+                            self.state().spread += 1;
+                            tracing::info!(object = %id, "moved {} fragments off crowded holders", extra.len());
+                        }
                         // Average the repair traffic down to the limit.
                         let min = Duration::from_secs_f64(
                             bytes as f64 / self.cfg.repair_rate.max(1) as f64,
@@ -624,6 +732,46 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// Asks the repair loop for a pass now (without audits).
+    pub fn kick_repair(&self) {
+        self.repair_wake.notify_one();
+    }
+
+    /// Fragments to move off holders that keep several fragments of one
+    /// object, as many as there are connected storage peers holding none
+    /// of it (after the `lost` fragments have found new homes).
+    fn crowded_extras(&self, p: &Placement, lost: &[FragmentLoc]) -> Vec<FragmentLoc> {
+        let mut seen: HashSet<&Vec<u8>> = HashSet::new();
+        let mut extras: Vec<FragmentLoc> = Vec::new();
+        // Repair-symbol fragments move first: reads prefer source ones.
+        let mut live: Vec<&FragmentLoc> = p
+            .fragments
+            .iter()
+            .filter(|f| !lost.iter().any(|l| l.id == f.id && l.peer == f.peer))
+            .collect();
+        live.sort_by_key(|f| f.index);
+        for f in live {
+            if !seen.insert(&f.peer) {
+                extras.push(f.clone());
+            }
+        }
+        if extras.is_empty() {
+            return extras;
+        }
+        let holders: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
+        let free = self
+            .node
+            .storage_peers()
+            .into_iter()
+            .filter(|(id, _)| !holders.contains(&peer_bytes(id)))
+            .count();
+        let room = free.saturating_sub(lost.len());
+        // Move the highest-index (repair) fragments first.
+        extras.reverse();
+        extras.truncate(room);
+        extras
     }
 
     /// Asks every connected holder whether it still has its fragments
@@ -711,14 +859,28 @@ impl Remote {
         self.is_lost(&f.peer, peers) || self.state().missing.contains(&(f.peer.clone(), f.id))
     }
 
-    /// Repairs one object; returns the bytes moved.
-    async fn repair_one(&self, id: &ObjectId, old: &Placement) -> Result<u64, String> {
-        let peers = self.node.peers();
-        let (lost, live): (Vec<FragmentLoc>, Vec<FragmentLoc>) = old
+    /// Replaces the `lost` fragments of one object, and moves the `extra`
+    /// ones (crowded, still held) to new distinct peers; returns the bytes
+    /// moved.
+    async fn repair_one(
+        &self,
+        id: &ObjectId,
+        old: &Placement,
+        lost: &[FragmentLoc],
+        extra: &[FragmentLoc],
+    ) -> Result<u64, String> {
+        let replaced = |f: &FragmentLoc| {
+            lost.iter()
+                .chain(extra)
+                .any(|l| l.id == f.id && l.peer == f.peer)
+        };
+        let live: Vec<FragmentLoc> = old
             .fragments
             .iter()
+            .filter(|f| !replaced(f))
             .cloned()
-            .partition(|f| self.gone(f, &peers));
+            .collect();
+        let lost: Vec<FragmentLoc> = lost.iter().chain(extra).cloned().collect();
         let vault = self.vault.clone();
         let oid = *id;
         let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
@@ -727,7 +889,8 @@ impl Remote {
             .map_err(|e| e.to_string())?;
         let object = match local {
             Some(b) => b,
-            None => fetch_object(&self.node, id, old).await?,
+            // Repair does not wait for holders: the next pass retries.
+            None => fetch_object(&self.node, id, old, Duration::ZERO).await?,
         };
         let moved = object.len() as u64;
         let m = lost.len() as u32;
@@ -766,12 +929,13 @@ impl Remote {
             next_index: first + m,
         };
         let vault = self.vault.clone();
-        let (oid, old2) = (*id, old.clone());
-        let replaced =
-            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+        let (oid, old2, release) = (*id, old.clone(), extra.to_vec());
+        let replaced = tokio::task::spawn_blocking(move || {
+            vault.replace_placement(&oid, &old2, &new, &release)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         if !replaced {
             return Err("the object changed while it was repaired".into());
         }
@@ -880,21 +1044,86 @@ impl Remote {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // The health check scans every placement: on the blocking pool.
-        let h = tokio::task::block_in_place(|| self.health())?;
-        if h.degraded + h.lost > 0 {
+        self.wait_spread(start, false, &mut progress).await
+    }
+
+    /// After a publish: waits until the metadata objects are at full
+    /// redundancy too (spreading crowded ones), like [`wait_synced`].
+    pub async fn wait_metadata_spread(&self) -> Result<Health, String> {
+        self.wait_spread(Instant::now(), true, &mut |_| {})
+            .await
+            .map_err(|e| e.replacen("every object is uploaded", "the metadata is published", 1))
+    }
+
+    /// After the uploads: waits while repair spreads crowded objects onto
+    /// peers that joined late (progress: the objects still short), and
+    /// fails clearly when the network lacks peers or nothing moves.
+    async fn wait_spread(
+        &self,
+        start: Instant,
+        metadata: bool,
+        progress: &mut impl FnMut(SyncProgress),
+    ) -> Result<Health, String> {
+        let mut best = u64::MAX;
+        let mut last_change = Instant::now();
+        let mut asked: Option<Instant> = None;
+        loop {
+            // The health check scans every placement: on the blocking pool.
+            let h = tokio::task::block_in_place(|| {
+                if metadata {
+                    self.metadata_health()
+                } else {
+                    self.health()
+                }
+            })?;
+            let short = h.degraded + h.lost;
+            if short == 0 {
+                return Ok(h);
+            }
             let peers = self.node.storage_peers().len();
-            return Err(format!(
-                "every object is uploaded, but {} of {} are below full redundancy: \
-                 {peers} storage peers are connected and each object needs its {} fragments \
-                 on {} distinct peers",
-                h.degraded + h.lost,
-                h.healthy + h.degraded + h.lost,
-                self.n,
-                self.n
-            ));
+            let total = h.healthy + short;
+            let why = if peers < self.n as usize && start.elapsed() > PEER_SEARCH {
+                Some(format!(
+                    "only {peers} storage peers are connected and each object needs its {n}                      fragments on {n} distinct peers; start more contribution nodes                      (drizzle node) or connect to more (--peer ADDR)",
+                    n = self.n
+                ))
+            } else if last_change.elapsed() > STALL {
+                Some(format!(
+                    "{peers} storage peers are connected, but no object reached full redundancy                      for {} s ({} crowded, {} with holders gone; lost holders are rebuilt after                      {} s away){}",
+                    STALL.as_secs(),
+                    h.crowded,
+                    short.saturating_sub(h.crowded),
+                    self.cfg.lost_after.as_secs(),
+                    self.state()
+                        .last_refusal
+                        .as_ref()
+                        .map(|r| format!("; last refusal: {r}"))
+                        .unwrap_or_default()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(format!(
+                    "every object is uploaded, but {short} of {total} are below full redundancy: {why}"
+                ));
+            }
+            if short < best {
+                best = short;
+                last_change = Instant::now();
+            }
+            progress(SyncProgress {
+                remaining_objects: short,
+                ..Default::default()
+            });
+            if peers < self.n as usize && asked.is_none_or(|a| a.elapsed() > Duration::from_secs(3))
+            {
+                self.node.look_for_peers();
+                asked = Some(Instant::now());
+            }
+            self.kick_repair();
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        Ok(h)
     }
 }
 
@@ -913,11 +1142,14 @@ fn group_by_peer(
 struct NetFetcher {
     node: NodeHandle,
     rt: tokio::runtime::Handle,
+    /// How long a read waits for holders to be found.
+    wait: Duration,
 }
 
 impl Fetcher for NetFetcher {
     fn fetch(&self, id: &ObjectId, placement: &Placement) -> Result<Vec<u8>, String> {
-        self.rt.block_on(fetch_object(&self.node, id, placement))
+        self.rt
+            .block_on(fetch_object(&self.node, id, placement, self.wait))
     }
 }
 
@@ -934,10 +1166,10 @@ type FetchOne = futures::future::BoxFuture<
 fn launch(
     node: &NodeHandle,
     inflight: &mut FuturesUnordered<FetchOne>,
-    queue: &mut impl Iterator<Item = (FragmentId, PeerId)>,
+    queue: &mut std::collections::VecDeque<(FragmentId, PeerId)>,
 ) -> bool {
     use futures::FutureExt;
-    let Some((fid, peer)) = queue.next() else {
+    let Some((fid, peer)) = queue.pop_front() else {
         return false;
     };
     let node = node.clone();
@@ -953,12 +1185,17 @@ fn launch(
 }
 
 /// Fetches `k` fragments (source fragments first, hedging slow peers) and
-/// rebuilds the object.
+/// rebuilds the object. Holders that are not connected are dialed at their
+/// known addresses or looked up in the DHT; while too few answered, the
+/// unreachable ones are tried again until `wait` has passed (right after a
+/// start, holders are still being found).
 pub async fn fetch_object(
     node: &NodeHandle,
     id: &ObjectId,
     placement: &Placement,
+    wait: Duration,
 ) -> Result<Vec<u8>, String> {
+    let start = Instant::now();
     let k = placement.k as usize;
     let layout = Layout::new(placement.len as usize, placement.k).map_err(|e| e.to_string())?;
     let peers = node.peers();
@@ -976,11 +1213,14 @@ pub async fn fetch_object(
             info.and_then(|i| i.rtt).unwrap_or(Duration::MAX),
         )
     });
-    let mut queue = order
+    let mut queue: std::collections::VecDeque<(FragmentId, PeerId)> = order
         .into_iter()
         .filter_map(|(f, p)| Some((f.id, p?)))
-        .collect::<Vec<_>>()
-        .into_iter();
+        .collect();
+    for (_, p) in &queue {
+        node.find_peer(*p);
+    }
+    let mut unreachable: Vec<(FragmentId, PeerId)> = Vec::new();
     let mut inflight: FuturesUnordered<FetchOne> = FuturesUnordered::new();
     for _ in 0..k {
         launch(node, &mut inflight, &mut queue);
@@ -990,6 +1230,18 @@ pub async fn fetch_object(
     let mut hedge =
         tokio::time::interval_at(tokio::time::Instant::now() + HEDGE_AFTER, HEDGE_AFTER);
     loop {
+        if inflight.is_empty()
+            && queue.is_empty()
+            && !unreachable.is_empty()
+            && start.elapsed() < wait
+        {
+            // Holders not reached yet: look for them again in a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for (_, p) in &unreachable {
+                node.find_peer(*p);
+            }
+            queue.extend(unreachable.drain(..));
+        }
         if inflight.is_empty() && !launch(node, &mut inflight, &mut queue) {
             return Err(format!(
                 "object {id}: only {} of the {k} fragments needed could be fetched ({})",
@@ -1026,7 +1278,13 @@ pub async fn fetch_object(
                         node.strike(&peer, &format!("unexpected answer to GET: {other:?}"));
                         problems.push(format!("peer {peer} answered {other:?}"));
                     }
-                    Ok(Err(e)) => problems.push(e.to_string()),
+                    Ok(Err(e)) => {
+                        if matches!(e, NetError::Unreachable(..)) && start.elapsed() < wait {
+                            unreachable.push((fid, peer));
+                        } else {
+                            problems.push(e.to_string());
+                        }
+                    }
                     Err(_) => {
                         node.strike(&peer, "GET timed out");
                         problems.push(format!("peer {peer} timed out"));

@@ -66,6 +66,8 @@ pub enum Cf {
     Chain,
     /// DHT key -> the newest valid root record a node keeps for a vault.
     Roots,
+    /// Lease upkeep (sealed): when each holder's leases were last renewed.
+    Leases,
 }
 
 /// The families that make up a vault's metadata on the network: every batch
@@ -81,7 +83,7 @@ pub const REPLICATED: [Cf; 8] = [
     Cf::Placements,
 ];
 
-const VAULT_CFS: [Cf; 14] = [
+const VAULT_CFS: [Cf; 15] = [
     Cf::Inodes,
     Cf::Dirents,
     Cf::Chunks,
@@ -96,6 +98,7 @@ const VAULT_CFS: [Cf; 14] = [
     Cf::Released,
     Cf::Journal,
     Cf::Chain,
+    Cf::Leases,
 ];
 
 const NODE_CFS: [Cf; 4] = [Cf::Fragments, Cf::Blobs, Cf::Meta, Cf::Roots];
@@ -120,6 +123,7 @@ impl Cf {
             Cf::Journal => "journal",
             Cf::Chain => "chain",
             Cf::Roots => "roots",
+            Cf::Leases => "leases",
         }
     }
 
@@ -200,6 +204,9 @@ impl Batch {
 pub struct Store {
     db: rocksdb::DB,
     objects_dir: PathBuf,
+    /// Object files released by batches that may not be durable yet: they
+    /// are removed only after a WAL sync (see [`sync`](Self::sync)).
+    doomed: std::sync::Mutex<Doomed>,
     /// The next journal sequence number (vault stores only); the lock also
     /// keeps journal entries in commit order.
     journal: Option<std::sync::Mutex<u64>>,
@@ -267,6 +274,7 @@ impl Store {
         Ok(Store {
             db,
             objects_dir,
+            doomed: Default::default(),
             journal,
         })
     }
@@ -309,8 +317,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a batch atomically (not yet synced: see [`sync`](Self::sync)),
-    /// then removes the object files it released.
+    /// Applies a batch atomically (not yet synced: see [`sync`](Self::sync)).
+    /// The object files it releases are removed at the next sync: until the
+    /// batch is durable, a crash may bring back the records that name them.
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -339,15 +348,30 @@ impl Store {
             }
             _ => self.db.write(wb).map_err(db_err)?,
         }
-        for id in batch.delete_files {
-            let path = self.object_path(&id);
-            if let Err(err) = fs::remove_file(&path) {
-                if err.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(object = %id, "cannot remove released object file: {err}");
-                }
+        if batch.delete_files.is_empty() {
+            return Ok(());
+        }
+        let many = {
+            let mut doomed = self.doomed();
+            for id in batch.delete_files {
+                let epoch = doomed.epoch;
+                doomed.files.insert(id, epoch);
             }
+            doomed.files.len() >= DOOMED_MAX
+        };
+        if many {
+            self.sync()?;
         }
         Ok(())
+    }
+
+    fn doomed(&self) -> std::sync::MutexGuard<'_, Doomed> {
+        self.doomed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether object files released by written batches wait for a sync.
+    pub fn has_doomed_files(&self) -> bool {
+        !self.doomed().files.is_empty()
     }
 
     /// Journal entries after sequence number `after`, oldest first, until
@@ -459,9 +483,39 @@ impl Store {
         self.sync()
     }
 
-    /// Makes every batch written so far durable (one WAL fsync).
+    /// Makes every batch written so far durable (one WAL fsync), then
+    /// removes the object files those batches released.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(db_err)
+        // Files released before this point belong to batches the flush
+        // below makes durable; later ones wait for the next sync.
+        let cut = {
+            let mut doomed = self.doomed();
+            doomed.epoch += 1;
+            doomed.epoch
+        };
+        self.db.flush_wal(true).map_err(db_err)?;
+        let mut doomed = self.doomed();
+        if doomed.files.is_empty() {
+            return Ok(());
+        }
+        // Removed under the lock, so a concurrent `put_object` of the same
+        // (deduplicated) object cannot have its fresh file removed.
+        let due: Vec<ObjectId> = doomed
+            .files
+            .iter()
+            .filter(|(_, e)| **e < cut)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            doomed.files.remove(&id);
+            let path = self.object_path(&id);
+            if let Err(err) = fs::remove_file(&path) {
+                if err.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(object = %id, "cannot remove released object file: {err}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn object_path(&self, id: &ObjectId) -> PathBuf {
@@ -485,7 +539,12 @@ impl Store {
         let mut f = fs::File::create(&tmp).map_err(io_err)?;
         f.write_all(sealed).map_err(io_err)?;
         f.sync_data().map_err(io_err)?;
-        fs::rename(&tmp, &path).map_err(io_err)?;
+        {
+            // Stored again after a release that is not yet carried out.
+            let mut doomed = self.doomed();
+            doomed.files.remove(id);
+            fs::rename(&tmp, &path).map_err(io_err)?;
+        }
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
@@ -499,6 +558,10 @@ impl Store {
 
     /// Whether an object's bytes are here (inline, or its file exists).
     pub fn has_object(&self, id: &ObjectId) -> Result<bool, StoreError> {
+        if self.doomed().files.contains_key(id) {
+            // Released: it goes at the next sync.
+            return Ok(false);
+        }
         Ok(self.get(Cf::Blobs, &id.0)?.is_some() || self.object_path(id).exists())
     }
 
@@ -544,6 +607,27 @@ impl Store {
         Ok(removed)
     }
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.has_doomed_files() {
+            if let Err(e) = self.sync() {
+                tracing::warn!("closing the store: {e}");
+            }
+        }
+    }
+}
+
+/// Released object files waiting for the sync that makes their release
+/// durable, with the sync epoch they were released in.
+#[derive(Default)]
+struct Doomed {
+    files: std::collections::HashMap<ObjectId, u64>,
+    epoch: u64,
+}
+
+/// Released files kept waiting before a write syncs on its own.
+const DOOMED_MAX: usize = 256;
 
 fn seq_of(key: &[u8]) -> u64 {
     key.try_into().map_or(0, u64::from_be_bytes)
@@ -591,6 +675,9 @@ mod tests {
         let mut b = Batch::default();
         b.delete_object(&bid, big.len() as u64);
         store.write(b).unwrap();
+        // The file goes only once the release is durable.
+        assert!(store.read_object(&bid).unwrap().is_some());
+        store.sync().unwrap();
         assert!(store.read_object(&bid).unwrap().is_none());
         drop(store);
 
@@ -656,6 +743,36 @@ mod tests {
         // The import added no entry; the old newest one stays as the mark.
         assert_eq!(copy.journal_last(), 1);
         assert!(copy.journal_since(1, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn released_files_wait_for_the_sync_and_a_new_store_cancels_their_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = vec![5u8; INLINE_MAX * 2];
+        let aid = ObjectId::of(&a);
+        let mut b = Batch::default();
+        b.put_object(&store, &aid, &a).unwrap();
+        store.write(b).unwrap();
+        store.sync().unwrap();
+        let mut b = Batch::default();
+        b.delete_object(&aid, a.len() as u64);
+        store.write(b).unwrap();
+        assert!(store.has_doomed_files());
+        assert!(store.read_object(&aid).unwrap().is_some());
+        // The same object stored again before the sync: it must survive.
+        let mut b = Batch::default();
+        b.put_object(&store, &aid, &a).unwrap();
+        store.write(b).unwrap();
+        assert!(!store.has_doomed_files());
+        store.sync().unwrap();
+        assert_eq!(store.read_object(&aid).unwrap().unwrap(), a);
+        // Released again: gone after the sync.
+        let mut b = Batch::default();
+        b.delete_object(&aid, a.len() as u64);
+        store.write(b).unwrap();
+        store.sync().unwrap();
+        assert!(store.read_object(&aid).unwrap().is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! codec in `proto`). No vault types: the node is the same for a mounted
 //! vault and a contribution-only `drizzle node`.
 
+pub mod addrbook;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -161,8 +162,26 @@ struct Shared {
     counters: NodeCounters,
     /// Bytes this node's vault stores on each peer (the ledger's "gives").
     credits: RwLock<HashMap<PeerId, u64>>,
+    /// Peers met before, with their addresses (see [`addrbook`]).
+    book: std::sync::Mutex<addrbook::AddressBook>,
     fault: Option<Fault>,
 }
+
+impl Shared {
+    fn book(&self) -> std::sync::MutexGuard<'_, addrbook::AddressBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Peers from the address book dialed at start.
+const DIAL_AT_START: usize = 32;
 
 enum Command {
     Request {
@@ -175,6 +194,11 @@ enum Command {
         resp: Response,
     },
     Dial(Multiaddr),
+    /// Look for more peers now (a Kademlia bootstrap).
+    Bootstrap,
+    /// Reach a peer that is not connected: at its known addresses, else
+    /// through a DHT lookup of its id.
+    Find(PeerId),
     /// Keep a validated root record in the DHT store (answers GET_VALUE).
     KadKeep(kad::Record),
     /// Publish a root record in the DHT (to the closest peers of its key).
@@ -336,6 +360,24 @@ impl NodeHandle {
             r.expires = None;
             let _ = swarm.behaviour_mut().kad.store_mut().put(r);
         }
+        // Peers met before: their addresses go to Kademlia and the swarm, and
+        // the most recent are dialed now (holders are reachable at once
+        // after a restart, before any DHT query).
+        let book = addrbook::AddressBook::load(&cfg.dir);
+        for (peer, e) in book.entries() {
+            for a in e.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                swarm.behaviour_mut().kad.add_address(peer, a.clone());
+                swarm.add_peer_address(*peer, a);
+            }
+        }
+        for peer in book.recent(DIAL_AT_START) {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(book.addrs(&peer))
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(%peer, "cannot dial a known peer: {e}");
+            }
+        }
         let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             peer_id,
@@ -344,9 +386,11 @@ impl NodeHandle {
             frags,
             counters,
             credits: RwLock::new(HashMap::new()),
+            book: std::sync::Mutex::new(book),
             fault: cfg.fault,
         });
         let shared_frags = Arc::downgrade(&shared.frags);
+        let shared_book = Arc::downgrade(&shared);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let handle = NodeHandle {
             shared: shared.clone(),
@@ -363,6 +407,7 @@ impl NodeHandle {
         };
         tokio::spawn(driver.run());
         tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
+        tokio::spawn(keep_book(shared_book));
         for addr in &cfg.peers {
             handle.dial(addr.clone());
         }
@@ -399,7 +444,37 @@ impl NodeHandle {
         let _ = self.cmd.send(Command::Dial(addr));
     }
 
+    /// Starts reaching `peer` if it is not connected: its known addresses,
+    /// else a DHT lookup of its id (a holder after a restart).
+    pub fn find_peer(&self, peer: PeerId) {
+        if !self.is_connected(&peer) {
+            let _ = self.cmd.send(Command::Find(peer));
+        }
+    }
+
+    /// Looks for more peers now (new nodes are otherwise found within a
+    /// capacity tick, 15 s).
+    pub fn look_for_peers(&self) {
+        let _ = self.cmd.send(Command::Bootstrap);
+    }
+
+    /// Peers in the address book, and how many of them are not connected.
+    pub fn known_peers(&self) -> (u64, u64) {
+        let peers = self.peers();
+        let book = self.shared.book();
+        let away = book
+            .entries()
+            .filter(|(p, _)| !peers.get(p).is_some_and(|i| i.connected()))
+            .count();
+        (book.len() as u64, away as u64)
+    }
+
+    /// Stops the node; the address book is written first (the runtime may
+    /// end before the swarm task sees the stop).
     pub fn stop(&self) {
+        if let Err(e) = self.shared.book().save() {
+            tracing::warn!("cannot write the address book: {e}");
+        }
         let _ = self.cmd.send(Command::Stop);
     }
 
@@ -531,6 +606,22 @@ impl NodeHandle {
     }
 }
 
+/// Writes the address book every 15 s while it changes, and once more
+/// when the node stops.
+async fn keep_book(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || s.book().save()).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!("cannot write the address book: {e}");
+        }
+    }
+}
+
 /// Deletes fragments whose lease ran out, every `every`, until the node's
 /// store is gone.
 async fn collect_expired(frags: std::sync::Weak<FragmentStore>, every: Duration) {
@@ -583,6 +674,9 @@ impl Driver {
                 let _ = tx.send(Err(NetError::Stopped));
             }
         }
+        if let Err(e) = self.shared.book().save() {
+            tracing::warn!("cannot write the address book: {e}");
+        }
         tracing::debug!("node stopped");
     }
 
@@ -612,6 +706,23 @@ impl Driver {
         }
     }
 
+    /// Dials `peer` at its addresses from the address book; false if none
+    /// is known.
+    fn dial_known(&mut self, peer: PeerId) -> bool {
+        let addrs = self.shared.book().addrs(&peer);
+        if addrs.is_empty() {
+            return false;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "cannot dial: {e}");
+        }
+        true
+    }
+
     /// Asks a peer how much it has free (the answer updates the table).
     fn ask_capacity(&mut self, peer: &PeerId) {
         let id = self
@@ -625,6 +736,9 @@ impl Driver {
     fn on_command(&mut self, c: Command) {
         match c {
             Command::Request { peer, req, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    self.dial_known(peer);
+                }
                 let id = self.swarm.behaviour_mut().frag.send_request(&peer, req);
                 self.pending.insert(id, Pending::Caller(reply));
             }
@@ -646,6 +760,14 @@ impl Driver {
                 }
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!("cannot dial {addr}: {e}");
+                }
+            }
+            Command::Bootstrap => {
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
+            Command::Find(peer) => {
+                if !self.swarm.is_connected(&peer) && !self.dial_known(peer) {
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }
             }
             Command::KadKeep(mut r) => {
@@ -732,7 +854,18 @@ impl Driver {
                 tracing::info!("listening on {full}");
                 self.shared.listen.send_modify(|l| l.push(full));
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                {
+                    let mut book = self.shared.book();
+                    match &endpoint {
+                        libp2p::core::ConnectedPoint::Dialer { address, .. } => {
+                            book.note_addr(peer_id, address, unix_now())
+                        }
+                        _ => book.note_seen(peer_id, unix_now()),
+                    }
+                }
                 let first = {
                     let mut peers = self.peers();
                     let p = peers.entry(peer_id).or_insert_with(PeerInfo::new);
@@ -763,6 +896,12 @@ impl Driver {
         match ev {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let storage = info.protocols.contains(&PROTOCOL);
+                {
+                    let mut book = self.shared.book();
+                    for addr in info.listen_addrs.iter().take(addrbook::MAX_ADDRS) {
+                        book.note_claimed(peer_id, addr);
+                    }
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -837,6 +976,7 @@ impl Driver {
                 ..
             } => match self.pending.remove(&request_id) {
                 Some(Pending::Caller(tx)) => {
+                    self.shared.book().note_answered(peer, unix_now());
                     let _ = tx.send(Ok(response));
                 }
                 Some(Pending::Capacity) => {

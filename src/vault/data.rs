@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::chunk::{self, CHUNK_SIZE};
 
+/// Committed chunk content a change starts from: chunk index -> (object,
+/// plaintext), loaded before the vault lock is taken.
+type Bases = std::collections::HashMap<u64, (ObjectId, Arc<Vec<u8>>)>;
+
 /// Chunks loaded ahead of a sequential reader.
 const PREFETCH_CHUNKS: u64 = 2;
 
@@ -240,7 +244,11 @@ impl Vault {
             .filter(|e| *e <= i64::MAX as u64)
             .ok_or(VaultError::Invalid("write beyond the largest file size"))?;
         self.wait_for_room();
-        let mut inner = self.lock();
+        let wanted: Vec<(u64, bool)> = chunk::pieces(offset, data.len())
+            .map(|p| (p.index, p.within == 0 && p.len == CHUNK_SIZE))
+            .collect();
+        let mut bases = Bases::new();
+        let mut inner = self.lock_with_bases(ino, &wanted, &mut bases)?;
         if let Some((errno, msg)) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
             return Err(VaultError::Deferred { errno, msg });
         }
@@ -257,7 +265,7 @@ impl Vault {
         for p in chunk::pieces(offset, data.len()) {
             let full = p.within == 0 && p.len == CHUNK_SIZE;
             let src = &data[p.buf_offset..p.buf_offset + p.len];
-            self.modify_chunk(&mut inner, ino, p.index, full, |buf| {
+            self.modify_chunk(&mut inner, ino, p.index, full, &bases, |buf| {
                 if buf.len() < p.within + p.len {
                     if buf.capacity() < p.within + p.len && p.within + p.len > 64 * 1024 {
                         buf.reserve_exact(CHUNK_SIZE - buf.len());
@@ -286,14 +294,66 @@ impl Vault {
         Ok(data.len())
     }
 
+    /// Takes the vault lock once the committed content of every chunk in
+    /// `wanted` (index, overwritten whole) that a change will start from is
+    /// in `bases`. Objects are loaded (from disk or peers) without the lock;
+    /// a chunk committed anew meanwhile is loaded again.
+    fn lock_with_bases(
+        &self,
+        ino: Ino,
+        wanted: &[(u64, bool)],
+        bases: &mut Bases,
+    ) -> Result<MutexGuard<'_, Inner>> {
+        let mut released = 0;
+        loop {
+            let mut inner = self.lock();
+            let f = self.file_state(&mut inner, ino)?;
+            let mut missing = Vec::new();
+            for &(index, whole) in wanted {
+                if whole || f.dirty.contains_key(&index) || chunk::start_of(index) >= f.inode.size {
+                    continue;
+                }
+                let r: Option<ChunkRef> =
+                    self.get_record(Cf::Chunks, &chunk_key(ino, index), "chunk map")?;
+                if let Some(o) = r.and_then(|r| r.object()) {
+                    if bases.get(&index).map(|b| b.0) != Some(o) {
+                        missing.push((index, o));
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(inner);
+            }
+            drop(inner);
+            for (index, o) in missing {
+                match self.load_object(&o) {
+                    Ok(d) => {
+                        bases.insert(index, (o, d));
+                    }
+                    // Released by a concurrent overwrite: read the map again.
+                    Err(VaultError::NotFound) if released < 3 => released += 1,
+                    Err(VaultError::NotFound) => {
+                        return Err(corrupt(
+                            format!("object {o}"),
+                            "missing from the local store",
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
     /// Applies `change` to the dirty buffer of a chunk, creating it from the
-    /// committed content first unless the change overwrites the whole chunk.
+    /// committed content first unless the change overwrites the whole chunk
+    /// (an object's content must be in `bases`: see [`lock_with_bases`]).
     fn modify_chunk(
         &self,
         inner: &mut Inner,
         ino: Ino,
         index: u64,
         overwrites_all: bool,
+        bases: &Bases,
         change: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
         let gen = inner.next_gen;
@@ -320,7 +380,14 @@ impl Vault {
                 {
                     base = match (r.inline_content(), r.object()) {
                         (Some(d), _) => d,
-                        (None, Some(o)) => self.load_object(&o)?.as_ref().clone(),
+                        (None, Some(o)) => match bases.get(&index) {
+                            Some((id, data)) if *id == o => data.as_ref().clone(),
+                            _ => {
+                                return Err(VaultError::Unavailable(format!(
+                                    "chunk {index} of inode {ino} changed while it was loaded"
+                                )))
+                            }
+                        },
                         (None, None) => Vec::new(),
                     };
                     base.truncate(chunk::len_in_file(index, size));
@@ -348,7 +415,17 @@ impl Vault {
         if size > i64::MAX as u64 {
             return Err(VaultError::Invalid("size beyond the largest file size"));
         }
-        let mut inner = self.lock();
+        // A shrink inside a chunk starts from its committed content.
+        let shrinks = {
+            let mut inner = self.lock();
+            size < self.file_state(&mut inner, ino)?.inode.size
+        };
+        let partial = [(
+            size / CHUNK_SIZE as u64,
+            !shrinks || size % CHUNK_SIZE as u64 == 0,
+        )];
+        let mut bases = Bases::new();
+        let mut inner = self.lock_with_bases(ino, &partial, &mut bases)?;
         let f = self.file_state(&mut inner, ino)?;
         match f.inode.kind {
             Kind::File => {}
@@ -382,9 +459,14 @@ impl Vault {
             }
             let within = (size % CHUNK_SIZE as u64) as usize;
             if within != 0 {
-                self.modify_chunk(&mut inner, ino, size / CHUNK_SIZE as u64, false, |buf| {
-                    buf.truncate(within)
-                })?;
+                self.modify_chunk(
+                    &mut inner,
+                    ino,
+                    size / CHUNK_SIZE as u64,
+                    false,
+                    &bases,
+                    |buf| buf.truncate(within),
+                )?;
             }
             let f = inner.files.get_mut(&ino).expect("active");
             f.inode.size = size;
@@ -793,13 +875,20 @@ fn worker_loop(vault: std::sync::Weak<Vault>) {
 }
 
 fn idle_loop(vault: std::sync::Weak<Vault>) {
-    loop {
+    for tick in 1u64.. {
         std::thread::sleep(Duration::from_millis(250));
         let Some(v) = vault.upgrade() else { return };
         if v.stopping.load(Ordering::SeqCst) {
             return;
         }
         v.idle_tick();
+        // Object files released by overwrites and deletes go once their
+        // release is durable: a WAL sync every few seconds while any wait.
+        if tick % 20 == 0 && v.store.has_doomed_files() {
+            if let Err(e) = v.store.sync() {
+                tracing::error!("syncing the vault database failed: {e}");
+            }
+        }
     }
 }
 

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::coder::FragmentId;
 
+/// The record of lease renewal times in the `Leases` family.
+const RENEWALS_KEY: &[u8] = b"renewals";
+
 /// Gets an object's sealed bytes from peers (implemented by `remote`).
 pub trait Fetcher: Send + Sync {
     /// Fetches and rebuilds an object; the bytes are checked against `id`
@@ -267,24 +270,33 @@ impl Vault {
         Ok(out)
     }
 
-    /// Swaps an object's placement after repair, if it is still `old`. The
-    /// replaced fragments are not cancelled: a holder that comes back keeps
-    /// them until their leases lapse (nobody renews them any more).
+    /// Swaps an object's placement after repair, if it is still `old`.
+    /// Lost fragments are not cancelled: a holder that comes back keeps them
+    /// until their leases lapse (nobody renews them any more). Fragments in
+    /// `release` (moved off a crowded holder that is still there) have their
+    /// leases cancelled in the background.
     pub fn replace_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
+        release: &[FragmentLoc],
     ) -> Result<bool> {
-        let mut inner = self.lock();
-        if let Some(done) = self.replace_chain_placement(id, old, new)? {
-            return Ok(done);
+        let mut released = Batch::default();
+        for f in release {
+            released.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
         }
+        let mut inner = self.lock();
+        let released = match self.replace_chain_placement(id, old, new, released)? {
+            Ok(done) => return Ok(done),
+            Err(released) => released,
+        };
         if self.placement(id)?.as_ref() != Some(old) {
             return Ok(false);
         }
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, new);
+        batch.append(released);
         self.commit(&mut inner, batch)?;
         Ok(true)
     }
@@ -297,6 +309,28 @@ impl Vault {
     /// The nonce of audit challenge `j` for a fragment on `peer`.
     pub fn audit_nonce(&self, fragment: &FragmentId, peer: &[u8], j: u32) -> [u8; 32] {
         self.keys.audit_nonce(&fragment.0, peer, j)
+    }
+
+    /// When each holder's leases were last all renewed (peer id bytes ->
+    /// unix seconds). Every fragment a holder got before that time was
+    /// renewed then; later ones got a fresh lease when they were stored.
+    pub fn lease_renewals(&self) -> Result<HashMap<Vec<u8>, u64>> {
+        Ok(self
+            .get_record::<Vec<(Vec<u8>, u64)>>(Cf::Leases, RENEWALS_KEY, "lease renewals")?
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    }
+
+    /// Replaces the renewal times (holders that hold nothing are dropped by
+    /// the caller) and makes them durable.
+    pub fn set_lease_renewals(&self, renewed: &HashMap<Vec<u8>, u64>) -> Result<()> {
+        let mut list: Vec<(Vec<u8>, u64)> = renewed.iter().map(|(p, t)| (p.clone(), *t)).collect();
+        list.sort();
+        let mut batch = Txn::default();
+        self.put_record(&mut batch, Cf::Leases, RENEWALS_KEY, &list);
+        self.store.write(batch.batch)?;
+        Ok(self.store.sync()?)
     }
 
     /// Fragments of deleted objects whose leases still need cancelling.

@@ -372,24 +372,25 @@ impl Vault {
     }
 
     /// Swaps a metadata object's placement after repair (see
-    /// `replace_placement`). None if it is no metadata object.
+    /// `replace_placement`), writing `batch` with it. `Err(batch)` back if it
+    /// is no metadata object.
     pub(super) fn replace_chain_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
-    ) -> Result<Option<bool>> {
+        mut batch: Batch,
+    ) -> Result<std::result::Result<bool, Batch>> {
         let Some(mut rec) = self.chain_record(id)? else {
-            return Ok(None);
+            return Ok(Err(batch));
         };
         if rec.placement.as_ref() != Some(old) {
-            return Ok(Some(false));
+            return Ok(Ok(false));
         }
         rec.placement = Some(new.clone());
-        let mut batch = Batch::default();
         chain_batch_put(&self.keys, &mut batch, id, &rec);
         self.store.write(batch)?;
-        Ok(Some(true))
+        Ok(Ok(true))
     }
 
     /// Whether an object is a metadata object (queued or placed).

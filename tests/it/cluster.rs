@@ -14,7 +14,7 @@ use drizzle::remote::{fetch_object, Remote, RemoteConfig};
 use drizzle::vault::records::{FragmentLoc, Placement};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 
-use crate::support::pattern;
+use crate::support::{pattern, wait_for};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -121,14 +121,6 @@ fn write_file(vault: &Vault, name: &str, data: &[u8]) -> u64 {
     vault.write(ino, 0, data).unwrap();
     vault.release(ino).unwrap();
     ino
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -248,7 +240,14 @@ fn corrupt_truncating_and_stalling_peers_do_not_break_reads() {
     let holders: Vec<PeerId> = nodes.iter().map(|n| n.peer_id()).collect();
     let placement = rt.block_on(place_on(&vnode, &holders, &object, 3));
     let started = Instant::now();
-    let back = rt.block_on(fetch_object(&vnode, &id, &placement)).unwrap();
+    let back = rt
+        .block_on(fetch_object(
+            &vnode,
+            &id,
+            &placement,
+            Duration::from_secs(5),
+        ))
+        .unwrap();
     assert!(back == object);
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -267,7 +266,9 @@ fn corrupt_truncating_and_stalling_peers_do_not_break_reads() {
         fragments: placement.fragments[..4].to_vec(),
         ..placement.clone()
     };
-    let err = rt.block_on(fetch_object(&vnode, &id, &few)).unwrap_err();
+    let err = rt
+        .block_on(fetch_object(&vnode, &id, &few, Duration::ZERO))
+        .unwrap_err();
     assert!(err.contains("could be fetched"), "{err}");
 }
 

@@ -5,8 +5,10 @@
 mod cli;
 mod cluster;
 mod data;
+mod faultfs;
 mod network;
 mod posix;
+mod reallife;
 mod recovery;
 mod service;
 mod support;

@@ -146,7 +146,7 @@ fn sync_without_enough_peers_fails_clearly_and_keeps_data() {
         "2 storing fragments",
         "0 of 1 objects healthy",
         "1 degraded",
-        "share peers",
+        "crowded",
     ] {
         assert!(human.contains(want), "status lacks {want:?}:\n{human}");
     }

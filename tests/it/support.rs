@@ -90,6 +90,14 @@ impl Drive {
         }
     }
 
+    /// Like [`blank`](Self::blank), with the data dir at `data` (on a
+    /// filesystem a test controls).
+    pub fn blank_with_data(data: PathBuf) -> Drive {
+        let mut d = Self::blank();
+        d.data = data;
+        d
+    }
+
     /// A new vault with extra `init` arguments (e.g. `--k 3 --n 5`).
     pub fn init_with(name: &str, extra: &[&str]) -> Drive {
         let d = Self::blank();
@@ -155,6 +163,12 @@ impl Drive {
             String::from_utf8_lossy(&out.stderr)
         );
         self.wait_daemon_exit();
+    }
+
+    /// Records the daemon now serving this drive (after a mount made by
+    /// other means than [`mount`](Self::mount)).
+    pub fn adopt_running(&mut self) {
+        self.pid = Some(self.status()["pid"].as_i64().unwrap() as i32);
     }
 
     /// Unmounts a mount this `Drive` did not start itself.
@@ -435,5 +449,56 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Keeps every core busy while it lives (timing-sensitive tests run beside
+/// it, as on a laptop running a build).
+pub struct CpuBurner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuBurner {
+    pub fn start() -> CpuBurner {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for _ in 0..100_000 {
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        CpuBurner { stop, threads }
+    }
+}
+
+impl Drop for CpuBurner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
