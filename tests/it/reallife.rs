@@ -5,12 +5,11 @@
 //! right after an unmount, and a fresh clone's test command. Timing-sensitive
 //! ones run beside a CPU burner.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::faultfs::FaultFs;
 use crate::network::{peer_args, sync_ok};
-use crate::support::{pattern, run_with_timeout, wait_for, CpuBurner, Drive, Node};
+use crate::support::{pattern, wait_for, CpuBurner, Drive, Node};
 
 /// Files of 1-3 MiB (objects on peers, not inline metadata).
 fn write_files(d: &Drive, count: usize) -> Vec<(String, Vec<u8>)> {
@@ -179,6 +178,10 @@ fn crowded_objects_spread_onto_peers_that_appear_later() {
     );
     let st = d.status();
     assert!(st["crowded"].as_u64().unwrap() >= 4, "{st}");
+    let human = String::from_utf8_lossy(&d.drizzle(&["status"]).stdout).into_owned();
+    for want in ["objects crowded", "known but not connected"] {
+        assert!(human.contains(want), "status lacks {want:?}:\n{human}");
+    }
 
     // Two more nodes start, bootstrapping from the first; the vault is
     // not told about them.
@@ -220,29 +223,32 @@ fn editing_a_file_that_lives_only_on_peers() {
     r.mount_args
         .extend(["--vault", "online-only", "--kdf-memory", "64M"].map(String::from));
     r.mount_checked();
-    let append = |r: &Drive, line: &str| {
-        let mut sh = Command::new("sh");
-        sh.arg("-c")
-            .arg(format!("printf '{line}' >> '{}'", r.p("big").display()));
-        let out = run_with_timeout(&mut sh, Duration::from_secs(90));
-        assert!(out.status.success(), "append failed\n{}", r.log());
-    };
-    let started = Instant::now();
-    let editor = {
+    // Each edit gets a deadline: a hung mount fails the test (its daemon is
+    // killed, which frees the waiting writer) instead of hanging it.
+    let append = |r: &mut Drive, line: &'static str| {
         let path = r.p("big");
-        std::thread::spawn(move || {
-            use std::io::{Seek, SeekFrom, Write};
-            let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-            f.seek(SeekFrom::Start(5 << 20)).unwrap();
-            f.write_all(b"OVERWRITTEN").unwrap();
-            f.sync_all().unwrap();
-        })
+        within(r, "an append", move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        });
     };
-    append(&r, "line\\n");
+    let path = r.p("big");
+    let editor = std::thread::spawn(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(b"OVERWRITTEN", 5 << 20).unwrap();
+        f.sync_all().unwrap();
+    });
+    append(&mut r, "line\n");
     // Meanwhile the rest of the mount answers.
-    assert_eq!(std::fs::read(r.p("other")).unwrap(), b"another file\n");
-    editor.join().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(90));
+    let other = r.p("other");
+    within(&mut r, "a read of another file", move || {
+        assert_eq!(std::fs::read(other).unwrap(), b"another file\n");
+    });
+    within(&mut r, "an in-place overwrite", move || {
+        editor.join().unwrap()
+    });
     big.extend_from_slice(b"line\n");
     big[5 << 20..(5 << 20) + 11].copy_from_slice(b"OVERWRITTEN");
     assert!(std::fs::read(r.p("big")).unwrap() == big, "edit lost");
@@ -252,10 +258,30 @@ fn editing_a_file_that_lives_only_on_peers() {
     // Online-only (--cache 0): the same edits fetch without the vault lock.
     peer_args(&mut r, &nodes, Some("0"));
     r.mount();
-    append(&r, "again\\n");
+    append(&mut r, "again\n");
     big.extend_from_slice(b"again\n");
     assert!(std::fs::read(r.p("big")).unwrap() == big, "edit lost");
     r.umount();
+}
+
+/// Runs `f` on a thread; if it has not finished within 90 s the mount is
+/// hung: its daemon is killed (which fails the waiting call) and the test
+/// fails.
+fn within(d: &mut Drive, what: &str, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(90)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} failed"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            let log = d.log();
+            d.kill9();
+            panic!("{what} hung for 90 s: the mount is stuck\n{log}");
+        }
+    }
 }
 
 /// A laptop mounted a few seconds now and then renews its leases at each
@@ -263,6 +289,7 @@ fn editing_a_file_that_lives_only_on_peers() {
 /// are still on the node and read back.
 #[test]
 fn short_mounts_now_and_then_keep_the_leases_alive() {
+    let _busy = CpuBurner::start();
     let node = Node::start_with("1G", &[], &["--gc-secs", "1"]);
     let mut d = Drive::init_with("part-time", &["--k", "1", "--n", "1"]);
     peer_args(&mut d, std::slice::from_ref(&node), None);
@@ -304,12 +331,18 @@ fn short_mounts_now_and_then_keep_the_leases_alive() {
 /// mount after an unmount from outside waits for the old daemon.
 #[test]
 fn remount_right_after_an_unmount() {
-    let _busy = CpuBurner::start();
-    let mut d = Drive::init("remount");
+    let node = Node::start("1G", &[]);
+    let mut d = Drive::init_with("remount", &["--k", "1", "--n", "1"]);
+    peer_args(&mut d, std::slice::from_ref(&node), None);
     d.mount();
     let files = write_files(&d, 2);
+    sync_ok(&d);
+    let _busy = CpuBurner::start();
     let mnt = d.mnt.to_str().unwrap().to_string();
-    for _ in 0..3 {
+    // Each round leaves a change unpublished, so the daemon publishes the
+    // metadata to its peer before it exits: that takes a moment.
+    for i in 0..3 {
+        std::fs::write(d.p(&format!("note{i}")), b"written just before unmounting").unwrap();
         let out = d.drizzle(&["umount", &mnt]);
         assert!(
             out.status.success(),
@@ -325,9 +358,10 @@ fn remount_right_after_an_unmount() {
         d.adopt_running();
         check_files(&d, &files);
     }
-    // The kernel's unmount (umount(8), a file manager): the daemon sees it
-    // and exits on its own; a mount at once waits for it.
-    for _ in 0..3 {
+    // The kernel's unmount (umount(8) without the helper, a file manager):
+    // the daemon sees it and finishes on its own; a mount at once waits.
+    for i in 3..6 {
+        std::fs::write(d.p(&format!("note{i}")), b"written just before unmounting").unwrap();
         nix::mount::umount2(d.mnt.as_path(), nix::mount::MntFlags::empty()).unwrap();
         let out = d.mount_output();
         assert!(
@@ -337,6 +371,7 @@ fn remount_right_after_an_unmount() {
         );
         d.adopt_running();
         check_files(&d, &files);
+        assert!(d.p(&format!("note{i}")).exists());
     }
     d.umount();
 }
@@ -347,8 +382,9 @@ fn remount_right_after_an_unmount() {
 fn the_test_command_builds_the_binaries_the_tests_run() {
     let script =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test")).unwrap();
-    let build = script.find("cargo build --workspace --bins");
-    let test = script.find("cargo test");
+    let line = |cmd: &str| script.lines().position(|l| l.trim_start().starts_with(cmd));
+    let build = line("cargo build --workspace --bins");
+    let test = line("cargo test");
     assert!(
         matches!((build, test), (Some(b), Some(t)) if b < t),
         "scripts/test must build the workspace's binaries before running the tests"
