@@ -158,6 +158,11 @@ pub struct MountNetArgs {
     /// (default 30).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub read_wait_secs: Option<u64>,
+    /// How long object files released by overwrites and deletes may wait
+    /// for a database sync before one is made for them, in seconds
+    /// (default 5).
+    #[arg(long, value_name = "SECS", hide_short_help = true)]
+    pub release_sync_secs: Option<u64>,
 }
 
 // Parsed once per run: the size of the largest variant does not matter.
@@ -700,6 +705,7 @@ fn mount(
         repair_every: opts.repair_every_secs,
         publish_every: opts.publish_every_secs,
         read_wait: opts.read_wait_secs,
+        release_sync: opts.release_sync_secs,
     };
     if child {
         // Started by a background mount: password on stdin, result on stdout.
@@ -786,6 +792,9 @@ fn mount(
     if let Some(l) = opts.read_wait_secs {
         child_args.extend(["--read-wait-secs".into(), l.to_string()]);
     }
+    if let Some(l) = opts.release_sync_secs {
+        child_args.extend(["--release-sync-secs".into(), l.to_string()]);
+    }
     spawn_daemon(&data_dir, mountpoint, &password, &child_args)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
@@ -808,6 +817,8 @@ pub struct MountSetup {
     pub publish_every: Option<u64>,
     /// Seconds a read waits for holders to be found.
     pub read_wait: Option<u64>,
+    /// Seconds released object files wait for a database sync.
+    pub release_sync: Option<u64>,
 }
 
 fn mount_foreground(
@@ -825,11 +836,14 @@ fn mount_foreground(
     let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
         // The barter rule: storing N at overhead n/k takes N * n/k donated.
         let earned = (setup.node.donate as u128 * cfg.k as u128 / cfg.n.max(1) as u128) as u64;
-        let opts = VaultOptions {
+        let mut opts = VaultOptions {
             disk_cache: setup.cache,
             allowance: setup.starter.saturating_add(earned),
             ..VaultOptions::default()
         };
+        if let Some(s) = setup.release_sync {
+            opts.release_sync = Duration::from_secs(s);
+        }
         let vault = Vault::open(data_dir, &cfg.vault, keys, opts)?;
         Ok((cfg, vault))
     });

@@ -687,12 +687,7 @@ async fn handle_client(stream: tokio::net::UnixStream, ctx: Ctx) -> anyhow::Resu
                         let r = match sync_with_progress(&m.remote, &mut wr).await {
                             // Then the metadata and the root record, so the
                             // vault can be recovered from its name and password.
-                            Ok(_) => match m.remote.publish().await {
-                                Err(e) => Err(format!(
-                                    "every object is on peers, but publishing the metadata failed: {e}"
-                                )),
-                                Ok(_) => m.remote.wait_metadata_spread().await.map(|_| ()),
-                            },
+                            Ok(_) => publish_spread(&m.remote).await,
                             Err(e) => Err(e),
                         };
                         Response::done(r, "sync incomplete")
@@ -737,6 +732,20 @@ async fn publish_before_stop(remote: &Remote) {
         Ok(Err(e)) => tracing::warn!("publishing the metadata before unmounting failed: {e}"),
         Err(_) => tracing::warn!("publishing the metadata before unmounting timed out"),
     }
+}
+
+/// Publishes the metadata and waits until its objects are at full
+/// redundancy; if spreading moved any (or repair changed placements
+/// meanwhile), publishes once more so the root names where they are now.
+async fn publish_spread(remote: &Remote) -> Result<(), String> {
+    let failed = |e| format!("every object is on peers, but publishing the metadata failed: {e}");
+    remote.publish().await.map_err(failed)?;
+    remote.wait_metadata_spread().await?;
+    if tokio::task::block_in_place(|| remote.metadata_status()).unpublished_changes > 0 {
+        remote.publish().await.map_err(failed)?;
+        remote.wait_metadata_spread().await?;
+    }
+    Ok(())
 }
 
 /// Waits for the network sync, sending a progress line twice a second.

@@ -42,6 +42,8 @@ const PEER_SEARCH: Duration = Duration::from_secs(20);
 const STALL: Duration = Duration::from_secs(30);
 /// Attempts per fragment (the first peer, then others).
 const PUT_ATTEMPTS: usize = 4;
+/// At a mount, leases renewed longer ago than this are renewed at once.
+const MOUNT_RENEW_AGE: u64 = 600;
 /// Leases asked for when none is configured: 30 days, renewed every 10.
 pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
 /// Audit challenges precomputed per fragment (their answers are kept in the
@@ -205,7 +207,8 @@ impl Remote {
             wake: tokio::sync::Notify::new(),
             repair_wake: tokio::sync::Notify::new(),
             started: Instant::now(),
-            lease_secs: lease_secs.max(1),
+            // Nodes grant at most their maximum: renewal follows what they grant.
+            lease_secs: lease_secs.clamp(1, crate::fragstore::MAX_LEASE_SECS),
             cfg,
         });
         // What this vault already stores on each peer counts in the ledger
@@ -513,25 +516,33 @@ impl Remote {
     /// of the lease after the last one). A holder that cannot be reached
     /// stays due and is tried again every few minutes.
     async fn renew_loop(self: Arc<Self>) {
-        let period = (self.lease_secs / 3).max(1) as u64;
+        let lease = self.lease_secs as u64;
+        let period = (lease / 3).max(1);
         // Short checks against the wall clock, never one long sleep:
         // tokio's timers stop while the machine is suspended.
         let check = Duration::from_secs(period.clamp(1, 60));
         let retry = period.clamp(1, 300);
         let mut failed_at: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        // At a mount everything not renewed in the last few minutes is
+        // renewed: a vault mounted at least once per lease time, however
+        // briefly, keeps every lease.
+        let mut min_age = period.min(MOUNT_RENEW_AGE);
         loop {
-            if let Err(e) = self.renew_due(period, retry, &mut failed_at).await {
+            if let Err(e) = self.renew_due(min_age, retry, &mut failed_at).await {
                 tracing::warn!("renewing leases: {e}");
+            } else {
+                min_age = period;
             }
             tokio::time::sleep(check).await;
         }
     }
 
     /// One pass of [`renew_loop`]: renews the leases of every holder whose
-    /// renewal is due.
+    /// last renewal is `min_age` seconds old or more (or was made for a
+    /// different lease time, or lies in the future: the clock went back).
     async fn renew_due(
         &self,
-        period: u64,
+        min_age: u64,
         retry: u64,
         failed_at: &mut std::collections::HashMap<Vec<u8>, u64>,
     ) -> Result<(), String> {
@@ -551,8 +562,11 @@ impl Remote {
         renewed.retain(|p, _| by_peer.contains_key(p));
         let mut changed = renewed.len() != before;
         let now = unix_now();
+        let lease = self.lease_secs;
         for (peer_b, ids) in by_peer {
-            let due = renewed.get(&peer_b).is_none_or(|t| now >= t + period);
+            let due = renewed
+                .get(&peer_b)
+                .is_none_or(|r| r.lease != lease || r.at > now || now >= r.at + min_age);
             let backing_off = failed_at.get(&peer_b).is_some_and(|t| now < t + retry);
             if !due || backing_off {
                 continue;
@@ -564,7 +578,7 @@ impl Remote {
                 Ok(()) => {
                     tracing::info!(%peer, "renewed leases of {} fragments", ids.len());
                     failed_at.remove(&peer_b);
-                    renewed.insert(peer_b, now);
+                    renewed.insert(peer_b, crate::vault::Renewal { at: now, lease });
                     changed = true;
                 }
                 Err(e) => {
@@ -765,7 +779,9 @@ impl Remote {
             .node
             .storage_peers()
             .into_iter()
-            .filter(|(id, _)| !holders.contains(&peer_bytes(id)))
+            .filter(|(id, info)| {
+                !holders.contains(&peer_bytes(id)) && info.capacity.is_none_or(|c| c.available > 0)
+            })
             .count();
         let room = free.saturating_sub(lost.len());
         // Move the highest-index (repair) fragments first.
@@ -881,6 +897,20 @@ impl Remote {
             .cloned()
             .collect();
         let lost: Vec<FragmentLoc> = lost.iter().chain(extra).cloned().collect();
+        let holders: Vec<PeerId> = live
+            .iter()
+            .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
+            .collect();
+        let mut cands = self.candidates(&holders);
+        cands.retain(|c| !lost.iter().any(|l| l.peer == peer_bytes(&c.peer)));
+        if !extra.is_empty() && cands.len() < lost.len() {
+            // A move is only worth it onto as many new distinct peers.
+            return Err(format!(
+                "{} fragments to place but only {} peers outside this object's holders",
+                lost.len(),
+                cands.len()
+            ));
+        }
         let vault = self.vault.clone();
         let oid = *id;
         let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
@@ -902,12 +932,6 @@ impl Remote {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
-        let holders: Vec<PeerId> = live
-            .iter()
-            .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
-            .collect();
-        let mut cands = self.candidates(&holders);
-        cands.retain(|c| !lost.iter().any(|l| l.peer == peer_bytes(&c.peer)));
         let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
             format!(
                 "no peer outside this object's holders has room ({} candidates)",
@@ -929,13 +953,12 @@ impl Remote {
             next_index: first + m,
         };
         let vault = self.vault.clone();
-        let (oid, old2, release) = (*id, old.clone(), extra.to_vec());
-        let replaced = tokio::task::spawn_blocking(move || {
-            vault.replace_placement(&oid, &old2, &new, &release)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let (oid, old2) = (*id, old.clone());
+        let replaced =
+            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         if !replaced {
             return Err("the object changed while it was repaired".into());
         }
@@ -1067,6 +1090,7 @@ impl Remote {
         let mut best = u64::MAX;
         let mut last_change = Instant::now();
         let mut asked: Option<Instant> = None;
+        let mut kicked: Option<Instant> = None;
         loop {
             // The health check scans every placement: on the blocking pool.
             let h = tokio::task::block_in_place(|| {
@@ -1121,7 +1145,11 @@ impl Remote {
                 self.node.look_for_peers();
                 asked = Some(Instant::now());
             }
-            self.kick_repair();
+            // A pass scans every placement: one every few seconds.
+            if kicked.is_none_or(|k| k.elapsed() > Duration::from_secs(5)) {
+                self.kick_repair();
+                kicked = Some(Instant::now());
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -1147,9 +1175,15 @@ struct NetFetcher {
 }
 
 impl Fetcher for NetFetcher {
-    fn fetch(&self, id: &ObjectId, placement: &Placement) -> Result<Vec<u8>, String> {
+    fn fetch(
+        &self,
+        id: &ObjectId,
+        placement: &Placement,
+        patient: bool,
+    ) -> Result<Vec<u8>, String> {
+        let wait = if patient { self.wait } else { Duration::ZERO };
         self.rt
-            .block_on(fetch_object(&self.node, id, placement, self.wait))
+            .block_on(fetch_object(&self.node, id, placement, wait))
     }
 }
 
@@ -1243,6 +1277,9 @@ pub async fn fetch_object(
             queue.extend(unreachable.drain(..));
         }
         if inflight.is_empty() && !launch(node, &mut inflight, &mut queue) {
+            for (_, p) in unreachable.drain(..) {
+                problems.push(format!("peer {p} could not be reached"));
+            }
             return Err(format!(
                 "object {id}: only {} of the {k} fragments needed could be fetched ({})",
                 decoder.fragments(),

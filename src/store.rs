@@ -360,7 +360,10 @@ impl Store {
             doomed.files.len() >= DOOMED_MAX
         };
         if many {
-            self.sync()?;
+            // The batch is committed: a failed sync only delays the removals.
+            if let Err(e) = self.sync() {
+                tracing::warn!("syncing to remove released object files: {e}");
+            }
         }
         Ok(())
     }

@@ -86,30 +86,39 @@ impl AddressBook {
     }
 
     /// Writes the book if it changed (atomically: a temp file, fsynced,
-    /// renamed over the old one).
-    pub fn save(&mut self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
+    /// renamed over the old one). The file is written outside the lock.
+    pub fn save_shared(book: &std::sync::Mutex<AddressBook>) -> std::io::Result<()> {
+        let lock = || book.lock().unwrap_or_else(|p| p.into_inner());
+        let (path, bytes) = {
+            let mut b = lock();
+            let Some(path) = b.path.clone().filter(|_| b.dirty) else {
+                return Ok(());
+            };
+            let disk = OnDisk {
+                version: 1,
+                peers: b
+                    .peers
+                    .iter()
+                    .map(|(p, e)| (p.to_base58(), e.clone()))
+                    .collect(),
+            };
+            b.dirty = false;
+            (
+                path,
+                serde_json::to_vec(&disk).map_err(std::io::Error::other)?,
+            )
         };
-        if !self.dirty {
-            return Ok(());
+        let written = (|| {
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            lock().dirty = true;
         }
-        let disk = OnDisk {
-            version: 1,
-            peers: self
-                .peers
-                .iter()
-                .map(|(p, e)| (p.to_base58(), e.clone()))
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        self.dirty = false;
-        Ok(())
+        written
     }
 
     /// Records an address `peer` was reached at (it moves to the front).
@@ -190,10 +199,12 @@ impl AddressBook {
 
     fn trim(&mut self) {
         while self.peers.len() > MAX_PEERS {
+            // Peers that answered requests stay longest; identities that
+            // only connected go first.
             let oldest = self
                 .peers
                 .iter()
-                .min_by_key(|(_, e)| e.last_seen)
+                .min_by_key(|(_, e)| (e.last_answered, e.last_seen))
                 .map(|(p, _)| *p)
                 .expect("not empty");
             self.peers.remove(&oldest);
@@ -223,7 +234,8 @@ mod tests {
         book.note_addr(a, &a1, 10);
         book.note_addr(a, &a2, 20);
         book.note_addr(a, &a2, 30);
-        book.save().unwrap();
+        let shared = std::sync::Mutex::new(book);
+        AddressBook::save_shared(&shared).unwrap();
         let book = AddressBook::load(dir.path());
         assert_eq!(
             book.addrs(&a),

@@ -472,7 +472,7 @@ impl NodeHandle {
     /// Stops the node; the address book is written first (the runtime may
     /// end before the swarm task sees the stop).
     pub fn stop(&self) {
-        if let Err(e) = self.shared.book().save() {
+        if let Err(e) = addrbook::AddressBook::save_shared(&self.shared.book) {
             tracing::warn!("cannot write the address book: {e}");
         }
         let _ = self.cmd.send(Command::Stop);
@@ -615,7 +615,8 @@ async fn keep_book(shared: std::sync::Weak<Shared>) {
         let Some(s) = shared.upgrade() else {
             return;
         };
-        let r = tokio::task::spawn_blocking(move || s.book().save()).await;
+        let r =
+            tokio::task::spawn_blocking(move || addrbook::AddressBook::save_shared(&s.book)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!("cannot write the address book: {e}");
         }
@@ -674,7 +675,7 @@ impl Driver {
                 let _ = tx.send(Err(NetError::Stopped));
             }
         }
-        if let Err(e) = self.shared.book().save() {
+        if let Err(e) = addrbook::AddressBook::save_shared(&self.shared.book) {
             tracing::warn!("cannot write the address book: {e}");
         }
         tracing::debug!("node stopped");

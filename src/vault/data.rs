@@ -161,7 +161,7 @@ impl Vault {
                 (None, Some(o)) => o,
                 (None, None) => unreachable!("a chunk is inline or an object"),
             };
-            match self.load_object(&object) {
+            match self.load_object(&object, true) {
                 Ok(d) => return Ok(Some(d)),
                 Err(VaultError::NotFound) if attempt == 0 => continue,
                 Err(VaultError::NotFound) => {
@@ -178,7 +178,8 @@ impl Vault {
 
     /// Loads, verifies and opens an object, through the cache. Concurrent
     /// loads of one object wait for the first.
-    fn load_object(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>> {
+    /// `patient`: a read waits for holders to be found (a prefetch not).
+    fn load_object(&self, id: &ObjectId, patient: bool) -> Result<Arc<Vec<u8>>> {
         let mut loader = self.loader();
         loop {
             if let Some(d) = loader.cache.get(id) {
@@ -191,7 +192,7 @@ impl Vault {
         }
         loader.loading.insert(*id);
         drop(loader);
-        let result = self.read_object(id);
+        let result = self.read_object(id, patient);
         let mut loader = self.loader();
         loader.loading.remove(id);
         if let Ok(d) = &result {
@@ -201,13 +202,13 @@ impl Vault {
         result
     }
 
-    fn read_object(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>> {
+    fn read_object(&self, id: &ObjectId, patient: bool) -> Result<Arc<Vec<u8>>> {
         let sealed = match self.store.read_object(id)? {
             Some(b) => {
                 self.touch_cached(id);
                 b
             }
-            None => self.fetch_remote(id)?,
+            None => self.fetch_remote(id, patient)?,
         };
         if ObjectId::of(&sealed) != *id {
             return Err(corrupt(
@@ -304,7 +305,7 @@ impl Vault {
         wanted: &[(u64, bool)],
         bases: &mut Bases,
     ) -> Result<MutexGuard<'_, Inner>> {
-        let mut released = 0;
+        let mut rounds = 0;
         loop {
             let mut inner = self.lock();
             let f = self.file_state(&mut inner, ino)?;
@@ -325,21 +326,22 @@ impl Vault {
                 return Ok(inner);
             }
             drop(inner);
+            rounds += 1;
             for (index, o) in missing {
-                match self.load_object(&o) {
+                match self.load_object(&o, true) {
                     Ok(d) => {
                         bases.insert(index, (o, d));
                     }
-                    // Released by a concurrent overwrite: read the map again.
-                    Err(VaultError::NotFound) if released < 3 => released += 1,
-                    Err(VaultError::NotFound) => {
-                        return Err(corrupt(
-                            format!("object {o}"),
-                            "missing from the local store",
-                        ))
-                    }
+                    // The chunk may have been committed anew (and its old
+                    // object released) meanwhile: read the map again.
+                    Err(_) if rounds < 3 => {}
                     Err(e) => return Err(e),
                 }
+            }
+            if rounds >= 8 {
+                return Err(VaultError::Unavailable(format!(
+                    "inode {ino}: its content kept changing while a write loaded it"
+                )));
             }
         }
     }
@@ -679,7 +681,7 @@ impl Vault {
     fn run_job(&self, job: Job) {
         match job {
             Job::Prefetch { object } => {
-                if let Err(e) = self.load_object(&object) {
+                if let Err(e) = self.load_object(&object, false) {
                     tracing::debug!(%object, "prefetch failed: {e}");
                 }
             }
@@ -875,7 +877,8 @@ fn worker_loop(vault: std::sync::Weak<Vault>) {
 }
 
 fn idle_loop(vault: std::sync::Weak<Vault>) {
-    for tick in 1u64.. {
+    let mut synced = Instant::now();
+    loop {
         std::thread::sleep(Duration::from_millis(250));
         let Some(v) = vault.upgrade() else { return };
         if v.stopping.load(Ordering::SeqCst) {
@@ -884,10 +887,11 @@ fn idle_loop(vault: std::sync::Weak<Vault>) {
         v.idle_tick();
         // Object files released by overwrites and deletes go once their
         // release is durable: a WAL sync every few seconds while any wait.
-        if tick % 20 == 0 && v.store.has_doomed_files() {
+        if synced.elapsed() >= v.opts.release_sync && v.store.has_doomed_files() {
             if let Err(e) = v.store.sync() {
                 tracing::error!("syncing the vault database failed: {e}");
             }
+            synced = Instant::now();
         }
     }
 }

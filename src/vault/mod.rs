@@ -13,7 +13,7 @@ mod network;
 pub mod records;
 pub mod replica;
 
-pub use network::{Fetcher, UploadBacklog};
+pub use network::{Fetcher, Renewal, UploadBacklog};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -120,6 +120,10 @@ pub struct VaultOptions {
     /// Stored (sealed) bytes the vault may hold: what its node donates
     /// times k/n, plus the starter allowance (DESIGN.md section 6).
     pub allowance: u64,
+    /// Object files released by overwrites and deletes wait at most this
+    /// long for a WAL sync (which makes their release durable) before one
+    /// is made for them.
+    pub release_sync: std::time::Duration,
 }
 
 impl Default for VaultOptions {
@@ -133,6 +137,7 @@ impl Default for VaultOptions {
             idle_flush: std::time::Duration::from_secs(1),
             disk_cache: u64::MAX,
             allowance: u64::MAX,
+            release_sync: std::time::Duration::from_secs(5),
         }
     }
 }

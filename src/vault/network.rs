@@ -20,11 +20,26 @@ use crate::coder::FragmentId;
 /// The record of lease renewal times in the `Leases` family.
 const RENEWALS_KEY: &[u8] = b"renewals";
 
+/// The last complete renewal of one holder's leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// Unix seconds when it was made.
+    pub at: u64,
+    /// The lease time it asked for, in seconds.
+    pub lease: u32,
+}
+
 /// Gets an object's sealed bytes from peers (implemented by `remote`).
 pub trait Fetcher: Send + Sync {
     /// Fetches and rebuilds an object; the bytes are checked against `id`
     /// by the caller too.
-    fn fetch(&self, id: &ObjectId, placement: &Placement) -> std::result::Result<Vec<u8>, String>;
+    /// `patient`: wait (bounded) for holders that are not reachable yet.
+    fn fetch(
+        &self,
+        id: &ObjectId,
+        placement: &Placement,
+        patient: bool,
+    ) -> std::result::Result<Vec<u8>, String>;
 }
 
 /// Objects not yet stored on peers.
@@ -270,33 +285,25 @@ impl Vault {
         Ok(out)
     }
 
-    /// Swaps an object's placement after repair, if it is still `old`.
-    /// Lost fragments are not cancelled: a holder that comes back keeps them
-    /// until their leases lapse (nobody renews them any more). Fragments in
-    /// `release` (moved off a crowded holder that is still there) have their
-    /// leases cancelled in the background.
+    /// Swaps an object's placement after repair, if it is still `old`. The
+    /// replaced fragments (lost, or moved off a crowded holder) are not
+    /// cancelled: the published metadata may still name them until the next
+    /// publish, and nobody renews them any more, so their leases lapse.
     pub fn replace_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
-        release: &[FragmentLoc],
     ) -> Result<bool> {
-        let mut released = Batch::default();
-        for f in release {
-            released.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
-        }
         let mut inner = self.lock();
-        let released = match self.replace_chain_placement(id, old, new, released)? {
-            Ok(done) => return Ok(done),
-            Err(released) => released,
-        };
+        if let Some(done) = self.replace_chain_placement(id, old, new)? {
+            return Ok(done);
+        }
         if self.placement(id)?.as_ref() != Some(old) {
             return Ok(false);
         }
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, new);
-        batch.append(released);
         self.commit(&mut inner, batch)?;
         Ok(true)
     }
@@ -312,21 +319,22 @@ impl Vault {
     }
 
     /// When each holder's leases were last all renewed (peer id bytes ->
-    /// unix seconds). Every fragment a holder got before that time was
-    /// renewed then; later ones got a fresh lease when they were stored.
-    pub fn lease_renewals(&self) -> Result<HashMap<Vec<u8>, u64>> {
+    /// renewal). Every fragment a holder got before that time was renewed
+    /// then; later ones got a fresh lease when they were stored.
+    pub fn lease_renewals(&self) -> Result<HashMap<Vec<u8>, Renewal>> {
         Ok(self
-            .get_record::<Vec<(Vec<u8>, u64)>>(Cf::Leases, RENEWALS_KEY, "lease renewals")?
+            .get_record::<Vec<(Vec<u8>, Renewal)>>(Cf::Leases, RENEWALS_KEY, "lease renewals")?
             .unwrap_or_default()
             .into_iter()
             .collect())
     }
 
-    /// Replaces the renewal times (holders that hold nothing are dropped by
-    /// the caller) and makes them durable.
-    pub fn set_lease_renewals(&self, renewed: &HashMap<Vec<u8>, u64>) -> Result<()> {
-        let mut list: Vec<(Vec<u8>, u64)> = renewed.iter().map(|(p, t)| (p.clone(), *t)).collect();
-        list.sort();
+    /// Replaces the renewal records (the caller drops holders that hold
+    /// nothing any more) and makes them durable.
+    pub fn set_lease_renewals(&self, renewed: &HashMap<Vec<u8>, Renewal>) -> Result<()> {
+        let mut list: Vec<(Vec<u8>, Renewal)> =
+            renewed.iter().map(|(p, r)| (p.clone(), *r)).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Leases, RENEWALS_KEY, &list);
         self.store.write(batch.batch)?;
@@ -390,6 +398,8 @@ impl Vault {
             batch.delete_object(id, *size);
         }
         self.store.write(batch)?;
+        // And the files go now (the release is durable after this sync).
+        self.store.sync()?;
         tracing::debug!(
             "evicted {} synced objects from the disk cache",
             victims.len()
@@ -405,7 +415,7 @@ impl Vault {
 
     /// Reads an object that is not on local disk from peers and keeps a copy
     /// if the disk cache has room for any.
-    pub(super) fn fetch_remote(&self, id: &ObjectId) -> Result<Vec<u8>> {
+    pub(super) fn fetch_remote(&self, id: &ObjectId, patient: bool) -> Result<Vec<u8>> {
         let placement = self.placement(id)?.ok_or_else(|| {
             corrupt(
                 format!("object {id}"),
@@ -417,7 +427,7 @@ impl Vault {
                 "object {id} is stored only on peers and the network is not running"
             ))
         })?;
-        let sealed = fetcher.fetch(id, &placement).map_err(|e| {
+        let sealed = fetcher.fetch(id, &placement, patient).map_err(|e| {
             tracing::error!(object = %id, "cannot fetch from peers: {e}");
             VaultError::Unavailable(e)
         })?;

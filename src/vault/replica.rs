@@ -372,25 +372,24 @@ impl Vault {
     }
 
     /// Swaps a metadata object's placement after repair (see
-    /// `replace_placement`), writing `batch` with it. `Err(batch)` back if it
-    /// is no metadata object.
+    /// `replace_placement`). None if it is no metadata object.
     pub(super) fn replace_chain_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
-        mut batch: Batch,
-    ) -> Result<std::result::Result<bool, Batch>> {
+    ) -> Result<Option<bool>> {
         let Some(mut rec) = self.chain_record(id)? else {
-            return Ok(Err(batch));
+            return Ok(None);
         };
         if rec.placement.as_ref() != Some(old) {
-            return Ok(Ok(false));
+            return Ok(Some(false));
         }
         rec.placement = Some(new.clone());
+        let mut batch = Batch::default();
         chain_batch_put(&self.keys, &mut batch, id, &rec);
         self.store.write(batch)?;
-        Ok(Ok(true))
+        Ok(Some(true))
     }
 
     /// Whether an object is a metadata object (queued or placed).

@@ -86,9 +86,9 @@ impl FaultFs {
     /// Power cut: from now on every operation fails with EIO; then every
     /// file written since its last fsync/fdatasync is restored in `lower` to
     /// its content at that fsync (a file created and never fsynced becomes
-    /// empty; it still exists because metadata is durable). Returns how many
-    /// files were rolled back.
-    pub fn crash(&self) -> usize {
+    /// empty; it still exists because metadata is durable). Returns the paths
+    /// of the files rolled back.
+    pub fn crash(&self) -> Vec<PathBuf> {
         let mut st = lock(&self.state);
         st.crashed = true;
         st.files.clear();
@@ -96,12 +96,11 @@ impl FaultFs {
         let dirty = std::mem::take(&mut st.dirty);
         dirty
             .iter()
-            .filter(|(ino, undo)| {
-                st.nodes
-                    .get(ino)
-                    .is_some_and(|n| !n.unlinked && restore(n, undo).is_ok())
+            .filter_map(|(ino, undo)| {
+                let n = st.nodes.get(ino)?;
+                (!n.unlinked && restore(n, undo).is_ok()).then(|| n.path.clone())
             })
-            .count()
+            .collect()
     }
 
     /// Number of files that currently hold unsynced data.
