@@ -8,7 +8,6 @@
 # compiles RocksDB and takes a while). Installs:
 #   PREFIX/bin/drizzle                  (PREFIX default /usr/local)
 #   SBIN/mount.fuse.drizzle, SBIN/mount.drizzle   (SBIN default /sbin)
-#   SBIN/umount.fuse.drizzle            (umount(8) waits for the daemon to finish)
 #   --systemd: /etc/systemd/system/drizzle-node.service, drizzle-mount@.service,
 #              /usr/lib/sysusers.d/drizzle.conf, and /etc/drizzle/node.toml if missing
 # --uninstall removes exactly those files (configs and data are kept).
@@ -31,7 +30,7 @@ done
 units=(drizzle-node.service drizzle-mount@.service)
 
 if [ "$uninstall" = 1 ]; then
-  rm -fv "$prefix/bin/drizzle" "$sbin/mount.fuse.drizzle" "$sbin/mount.drizzle" "$sbin/umount.fuse.drizzle"
+  rm -fv "$prefix/bin/drizzle" "$sbin/mount.fuse.drizzle" "$sbin/mount.drizzle"
   for u in "${units[@]}"; do rm -fv "/etc/systemd/system/$u"; done
   rm -fv /usr/lib/sysusers.d/drizzle.conf
   command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
@@ -61,8 +60,7 @@ fi
 install -D -m 0755 "$bin" "$prefix/bin/drizzle"
 install -D -m 0755 "$helper" "$sbin/mount.fuse.drizzle"
 install -D -m 0755 "$helper" "$sbin/mount.drizzle"
-install -D -m 0755 "$helper" "$sbin/umount.fuse.drizzle"
-echo "installed $prefix/bin/drizzle, $sbin/mount.fuse.drizzle, $sbin/mount.drizzle, $sbin/umount.fuse.drizzle"
+echo "installed $prefix/bin/drizzle, $sbin/mount.fuse.drizzle, $sbin/mount.drizzle"
 
 if [ "$systemd" = 1 ]; then
   for u in "${units[@]}"; do

@@ -189,8 +189,12 @@ fn show(
         mount.display()
     );
     println!("  cp -r /usr/share/doc/bash {}/", mount.display());
-    println!("  drizzle sync --data-dir {}    # fails: 3 nodes are gone, so new data cannot reach full redundancy", data_dir.display());
-    println!("  drizzle status --data-dir {}", data_dir.display());
+    // The binary by its full path: after scripts/demo it is not on PATH.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "drizzle".into());
+    println!("  {exe} sync --data-dir {}    # fails: 3 nodes are gone, so new data cannot reach full redundancy", data_dir.display());
+    println!("  {exe} status --data-dir {}", data_dir.display());
     println!(
         "  grep -r Hello {}     # nothing: the disk holds only sealed data",
         data_dir.display()

@@ -6,12 +6,7 @@
 //! (repeatable), `donate=`, `cache=`, `no_mdns`; generic ones (`_netdev`,
 //! `noauto`, `rw`, `x-systemd.*`, ...) are ignored here. The helper execs
 //! `drizzle mount DIR --vault VAULT --data-dir ... --password-file ...`.
-//!
-//! Installed as `umount.fuse.drizzle`, umount(8) calls it as
-//! `umount.fuse.drizzle DIR [-flnrv] [-N NS] [-t TYPE]`: it runs
-//! `drizzle umount DIR`, which returns only once the daemon has flushed and
-//! exited (so a mount right after works); without a `drizzle` binary it
-//! falls back to `umount -i DIR` (the kernel's unmount, no helper).
+//! `umount DIR` ends the FUSE session; the daemon then flushes and exits.
 
 use std::os::unix::process::CommandExt;
 use std::process::{exit, Command};
@@ -64,51 +59,8 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
     Ok(inv)
 }
 
-/// The directory of an umount(8) helper call.
-fn parse_umount(args: &[String]) -> Result<String, String> {
-    let mut pos = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-N" | "-t" => {
-                it.next().ok_or(format!("{a} needs a value"))?;
-            }
-            s if s.starts_with('-') => {}
-            _ => pos.push(a.clone()),
-        }
-    }
-    let [dir] = <[String; 1]>::try_from(pos).map_err(|_| "usage: umount.drizzle DIR")?;
-    Ok(dir)
-}
-
-fn umount_main(args: &[String]) -> ! {
-    let dir = match parse_umount(args) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("umount.drizzle: {e}");
-            exit(1);
-        }
-    };
-    let drizzle = std::env::var("DRIZZLE_BIN").unwrap_or_else(|_| find_drizzle());
-    if std::path::Path::new(&drizzle).is_file() {
-        let err = Command::new(&drizzle).arg("umount").arg(&dir).exec();
-        eprintln!("umount.drizzle: cannot run {drizzle}: {err}");
-    }
-    let err = Command::new("umount").arg("-i").arg(&dir).exec();
-    eprintln!("umount.drizzle: cannot run umount: {err}");
-    exit(1);
-}
-
 fn main() {
-    let argv0 = std::env::args().next().unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let name = std::path::Path::new(&argv0)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.starts_with("umount") {
-        umount_main(&args);
-    }
     let inv = match parse(&args) {
         Ok(i) => i,
         Err(e) => {
@@ -200,24 +152,5 @@ mod tests {
                 .as_deref(),
             Some("/x")
         );
-    }
-
-    #[test]
-    fn parses_umount_invocations() {
-        assert_eq!(parse_umount(&s(&["/mnt/p"])).unwrap(), "/mnt/p");
-        assert_eq!(
-            parse_umount(&s(&[
-                "/mnt/p",
-                "-n",
-                "-t",
-                "fuse.drizzle",
-                "-N",
-                "/proc/1/ns/mnt"
-            ]))
-            .unwrap(),
-            "/mnt/p"
-        );
-        assert!(parse_umount(&s(&["-t"])).is_err());
-        assert!(parse_umount(&s(&[])).is_err());
     }
 }

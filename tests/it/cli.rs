@@ -198,6 +198,12 @@ fn demo_runs_and_cleans_up() {
             && stdout.contains("from the peers: identical"),
         "{stdout}"
     );
+    // Its hints work as printed: drizzle by its full path (not on PATH
+    // after scripts/demo).
+    assert!(
+        stdout.contains(&format!("  {} status --data-dir", crate::support::bin())),
+        "{stdout}"
+    );
     assert!(!mnt.exists(), "the demo left its mount point behind");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mnt.to_str().unwrap()));

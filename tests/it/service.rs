@@ -78,21 +78,13 @@ fn mount_helper_mounts_with_mount_t_and_umount_stops_the_daemon() {
         .env_remove("DRIZZLE_PASSWORD"));
     std::fs::write(d.p("via-helper.txt"), b"mounted by mount(8)").unwrap();
     let pid = d.status()["pid"].as_i64().unwrap();
-    assert!(Path::new("/sbin/umount.fuse.drizzle").exists());
-    // Plain umount(8) goes through umount.fuse.drizzle: it returns once the
-    // daemon has flushed and exited, so a mount right after works.
-    sh(Command::new("umount")
-        .arg(&d.mnt)
-        .env("DRIZZLE_BIN", prefix.join("bin/drizzle")));
+    // Plain umount(8): the daemon notices, flushes and exits.
+    sh(Command::new("umount").arg(&d.mnt));
     let start = Instant::now();
-    while Path::new(&format!("/proc/{pid}/stat")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
+    while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "umount(8) returned while the daemon still runs"
+            start.elapsed() < Duration::from_secs(30),
+            "daemon still running"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -119,7 +111,6 @@ fn mount_helper_mounts_with_mount_t_and_umount_stops_the_daemon() {
     d.umount_unrecorded();
     drop(installed);
     assert!(!Path::new("/sbin/mount.fuse.drizzle").exists());
-    assert!(!Path::new("/sbin/umount.fuse.drizzle").exists());
     assert!(!prefix.join("bin/drizzle").exists());
 }
 
