@@ -249,7 +249,7 @@ impl Vault {
             .map(|p| (p.index, p.within == 0 && p.len == CHUNK_SIZE))
             .collect();
         let mut bases = Bases::new();
-        let mut inner = self.lock_with_bases(ino, &wanted, &mut bases)?;
+        let mut inner = self.lock_with_bases(ino, |_| wanted.clone(), &mut bases)?;
         if let Some((errno, msg)) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
             return Err(VaultError::Deferred { errno, msg });
         }
@@ -302,7 +302,7 @@ impl Vault {
     fn lock_with_bases(
         &self,
         ino: Ino,
-        wanted: &[(u64, bool)],
+        wanted: impl Fn(&FileState) -> Vec<(u64, bool)>,
         bases: &mut Bases,
     ) -> Result<MutexGuard<'_, Inner>> {
         let mut rounds = 0;
@@ -310,7 +310,7 @@ impl Vault {
             let mut inner = self.lock();
             let f = self.file_state(&mut inner, ino)?;
             let mut missing = Vec::new();
-            for &(index, whole) in wanted {
+            for (index, whole) in wanted(f) {
                 if whole || f.dirty.contains_key(&index) || chunk::start_of(index) >= f.inode.size {
                     continue;
                 }
@@ -417,17 +417,17 @@ impl Vault {
         if size > i64::MAX as u64 {
             return Err(VaultError::Invalid("size beyond the largest file size"));
         }
-        // A shrink inside a chunk starts from its committed content.
-        let shrinks = {
-            let mut inner = self.lock();
-            size < self.file_state(&mut inner, ino)?.inode.size
+        // A shrink inside a chunk starts from its committed content (judged
+        // under the lock, against the size at that moment).
+        let partial = |f: &FileState| {
+            let shrinks = size < f.inode.size;
+            vec![(
+                size / CHUNK_SIZE as u64,
+                !shrinks || size % CHUNK_SIZE as u64 == 0,
+            )]
         };
-        let partial = [(
-            size / CHUNK_SIZE as u64,
-            !shrinks || size % CHUNK_SIZE as u64 == 0,
-        )];
         let mut bases = Bases::new();
-        let mut inner = self.lock_with_bases(ino, &partial, &mut bases)?;
+        let mut inner = self.lock_with_bases(ino, partial, &mut bases)?;
         let f = self.file_state(&mut inner, ino)?;
         match f.inode.kind {
             Kind::File => {}
