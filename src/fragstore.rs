@@ -76,7 +76,9 @@ pub enum RootOutcome {
 /// Longest lease a node grants, whatever the owner asks.
 pub const MAX_LEASE_SECS: u32 = 90 * 24 * 3600;
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch (leases, renewals and records use the wall
+/// clock).
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

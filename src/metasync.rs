@@ -85,15 +85,9 @@ pub struct MetaStatus {
     pub publish_error: Option<String>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A unix time for messages.
 pub fn describe_time(secs: u64) -> String {
-    let ago = now_secs().saturating_sub(secs);
+    let ago = crate::fragstore::now_secs().saturating_sub(secs);
     match ago {
         0..=119 => format!("{ago} s ago"),
         120..=7199 => format!("{} min ago", ago / 60),
@@ -576,7 +570,7 @@ impl Remote {
         }
         *st.vv.entry(st.device).or_default() += 1;
         st.seq = st.seq.max(look.best.as_ref().map_or(0, |b| b.record.seq)) + 1;
-        st.time = now_secs();
+        st.time = crate::fragstore::now_secs();
         let payload = RootPayload {
             format: 1,
             head: ChainRef {

@@ -171,13 +171,6 @@ impl RemoteConfig {
     }
 }
 
-/// Seconds since the Unix epoch (lease upkeep runs on the wall clock).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn peer_bytes(p: &PeerId) -> Vec<u8> {
     p.to_bytes()
 }
@@ -561,12 +554,10 @@ impl Remote {
         let before = renewed.len();
         renewed.retain(|p, _| by_peer.contains_key(p));
         let mut changed = renewed.len() != before;
-        let now = unix_now();
+        let now = crate::fragstore::now_secs();
         let lease = self.lease_secs;
         for (peer_b, ids) in by_peer {
-            let due = renewed
-                .get(&peer_b)
-                .is_none_or(|r| r.lease != lease || r.at > now || now >= r.at + min_age);
+            let due = renewal_due(renewed.get(&peer_b), now, lease, min_age);
             let backing_off = failed_at.get(&peer_b).is_some_and(|t| now < t + retry);
             if !due || backing_off {
                 continue;
@@ -759,12 +750,10 @@ impl Remote {
     fn crowded_extras(&self, p: &Placement, lost: &[FragmentLoc]) -> Vec<FragmentLoc> {
         let mut seen: HashSet<&Vec<u8>> = HashSet::new();
         let mut extras: Vec<FragmentLoc> = Vec::new();
-        // Repair-symbol fragments move first: reads prefer source ones.
-        let mut live: Vec<&FragmentLoc> = p
-            .fragments
-            .iter()
-            .filter(|f| !lost.iter().any(|l| l.id == f.id && l.peer == f.peer))
-            .collect();
+        // The lowest index stays on each holder (reads prefer source
+        // fragments); the rest move, highest index first.
+        let mut live: Vec<&FragmentLoc> =
+            p.fragments.iter().filter(|f| !lost.contains(f)).collect();
         live.sort_by_key(|f| f.index);
         for f in live {
             if !seen.insert(&f.peer) {
@@ -784,7 +773,6 @@ impl Remote {
             })
             .count();
         let room = free.saturating_sub(lost.len());
-        // Move the highest-index (repair) fragments first.
         extras.reverse();
         extras.truncate(room);
         extras
@@ -885,15 +873,10 @@ impl Remote {
         lost: &[FragmentLoc],
         extra: &[FragmentLoc],
     ) -> Result<u64, String> {
-        let replaced = |f: &FragmentLoc| {
-            lost.iter()
-                .chain(extra)
-                .any(|l| l.id == f.id && l.peer == f.peer)
-        };
         let live: Vec<FragmentLoc> = old
             .fragments
             .iter()
-            .filter(|f| !replaced(f))
+            .filter(|f| !lost.contains(f) && !extra.contains(f))
             .cloned()
             .collect();
         let lost: Vec<FragmentLoc> = lost.iter().chain(extra).cloned().collect();
@@ -1155,6 +1138,13 @@ impl Remote {
     }
 }
 
+/// Whether a holder's leases need renewing: never renewed, renewed
+/// `min_age` seconds ago or more, for another lease time, or in the future
+/// (the clock went back).
+fn renewal_due(last: Option<&crate::vault::Renewal>, now: u64, lease: u32, min_age: u64) -> bool {
+    last.is_none_or(|r| r.lease != lease || r.at > now || now >= r.at + min_age)
+}
+
 /// Fragment ids by the peer (id bytes) that holds them.
 fn group_by_peer(
     items: impl IntoIterator<Item = (Vec<u8>, FragmentId)>,
@@ -1269,8 +1259,9 @@ pub async fn fetch_object(
             && !unreachable.is_empty()
             && start.elapsed() < wait
         {
-            // Holders not reached yet: look for them again in a moment.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Holders not reached yet: look for them again in a moment (one
+            // DHT lookup per holder and second at most).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             for (_, p) in &unreachable {
                 node.find_peer(*p);
             }
@@ -1347,5 +1338,56 @@ pub async fn fetch_object(
                 launch(node, &mut inflight, &mut queue);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::Renewal;
+
+    /// Two years of a laptop mounted at irregular times (gaps up to just
+    /// under a lease, mounts of 2 to 60 minutes, checks every minute while
+    /// mounted), on a simulated clock: the renewal rule that `renew_loop`
+    /// applies never lets a holder's lease run out. Also: a changed lease
+    /// time and a clock that went back make a holder due at once.
+    #[test]
+    fn renewal_rule_keeps_leases_alive_over_simulated_years() {
+        let lease: u32 = 30 * 24 * 3600;
+        let period = lease as u64 / 3;
+        let mut last: Option<Renewal> = None;
+        let mut expires = 0u64; // what the holder grants: renewal + lease
+        let mut now = 1_000_000u64;
+        let mut x = 7u64;
+        let mut rand = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let end = now + 2 * 365 * 24 * 3600;
+        while now < end {
+            // A mount: first pass with the mount age, then periodic checks.
+            let stay = 120 + rand(3480);
+            let mut min_age = period.min(MOUNT_RENEW_AGE);
+            let mut t = now;
+            while t <= now + stay {
+                assert!(last.is_none() || t <= expires, "lease ran out at {t}");
+                if renewal_due(last.as_ref(), t, lease, min_age) {
+                    last = Some(Renewal { at: t, lease });
+                    expires = t + lease as u64;
+                }
+                min_age = period;
+                t += 60;
+            }
+            // Unmounted for up to just under a lease.
+            now = t + rand(lease as u64 - stay - 120);
+            assert!(now <= expires, "lease ran out while unmounted");
+        }
+        let r = Renewal { at: 5_000, lease };
+        assert!(!renewal_due(Some(&r), 5_100, lease, period));
+        assert!(renewal_due(Some(&r), 5_100, lease / 2, period));
+        assert!(renewal_due(Some(&r), 4_000, lease, period));
+        assert!(renewal_due(None, 5_100, lease, period));
     }
 }

@@ -173,13 +173,6 @@ impl Shared {
     }
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Peers from the address book dialed at start.
 const DIAL_AT_START: usize = 32;
 
@@ -370,14 +363,7 @@ impl NodeHandle {
                 swarm.add_peer_address(*peer, a);
             }
         }
-        for peer in book.recent(DIAL_AT_START) {
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                .addresses(book.addrs(&peer))
-                .build();
-            if let Err(e) = swarm.dial(opts) {
-                tracing::debug!(%peer, "cannot dial a known peer: {e}");
-            }
-        }
+        let recent = book.recent(DIAL_AT_START);
         let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             peer_id,
@@ -396,7 +382,7 @@ impl NodeHandle {
             shared: shared.clone(),
             cmd: cmd_tx,
         };
-        let driver = Driver {
+        let mut driver = Driver {
             swarm,
             shared,
             cmd_rx,
@@ -405,6 +391,9 @@ impl NodeHandle {
             kad_pending: HashMap::new(),
             bootstrap: cfg.peers.clone(),
         };
+        for peer in recent {
+            driver.dial_known(peer);
+        }
         tokio::spawn(driver.run());
         tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
         tokio::spawn(keep_book(shared_book));
@@ -862,9 +851,9 @@ impl Driver {
                     let mut book = self.shared.book();
                     match &endpoint {
                         libp2p::core::ConnectedPoint::Dialer { address, .. } => {
-                            book.note_addr(peer_id, address, unix_now())
+                            book.note_addr(peer_id, address, crate::fragstore::now_secs())
                         }
-                        _ => book.note_seen(peer_id, unix_now()),
+                        _ => book.note_seen(peer_id, crate::fragstore::now_secs()),
                     }
                 }
                 let first = {
@@ -977,7 +966,9 @@ impl Driver {
                 ..
             } => match self.pending.remove(&request_id) {
                 Some(Pending::Caller(tx)) => {
-                    self.shared.book().note_answered(peer, unix_now());
+                    self.shared
+                        .book()
+                        .note_answered(peer, crate::fragstore::now_secs());
                     let _ = tx.send(Ok(response));
                 }
                 Some(Pending::Capacity) => {
