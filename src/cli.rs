@@ -142,10 +142,20 @@ pub struct MountNetArgs {
     /// while mounted).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub lease_secs: Option<u32>,
-    /// A fragment holder gone this long counts as lost and its fragments
-    /// are rebuilt on other peers, in seconds (default 600).
+    /// A fragment holder away this long stops counting, in seconds, for
+    /// every holder (default: a window that follows each holder's uptime
+    /// history, from an hour to three days).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub lost_after_secs: Option<u64>,
+    /// Rebuild an object once fewer than this many of its fragments are on
+    /// holders that count (between k and n; default halfway, 13 for 10 of
+    /// 16).
+    #[arg(long, value_name = "R", hide_short_help = true)]
+    pub repair_threshold: Option<u32>,
+    /// Audit budget: percent of what each holder stores for this vault that
+    /// it reads per day to answer possession audits (default 1).
+    #[arg(long, value_name = "PERCENT", hide_short_help = true)]
+    pub audit_percent: Option<f64>,
     /// Seconds between checks for lost holders (default 60).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub repair_every_secs: Option<u64>,
@@ -702,6 +712,8 @@ fn mount(
         starter,
         lease_secs: opts.lease_secs.unwrap_or(crate::remote::DEFAULT_LEASE_SECS),
         lost_after: opts.lost_after_secs,
+        repair_threshold: opts.repair_threshold,
+        audit_percent: opts.audit_percent,
         repair_every: opts.repair_every_secs,
         publish_every: opts.publish_every_secs,
         read_wait: opts.read_wait_secs,
@@ -729,6 +741,10 @@ fn mount(
     // finishing (final sync, publish) and holding the database.
     daemon::wait_previous_daemon(&data_dir, |m| eprintln!("{m}"))?;
     let recovering = !VaultConfig::path(&data_dir).exists();
+    if !recovering {
+        let c = VaultConfig::load(&data_dir)?;
+        check_threshold(opts.repair_threshold, c.k, c.n)?;
+    }
     if recovering {
         // An empty data dir and a vault name: recover it from the network.
         let Some(name) = want else {
@@ -746,6 +762,7 @@ fn mount(
         crate::recover::recover(&data_dir, name, &password, kdf, setup.node.clone())?;
     }
     let (cfg, keys) = unlock(&data_dir, &password)?;
+    check_threshold(opts.repair_threshold, cfg.k, cfg.n)?;
     if !recovering && !opts.net.peer.is_empty() {
         // Another device may have published a newer version meanwhile.
         crate::recover::update_from_network(&data_dir, &cfg, &keys, setup.node.clone())?;
@@ -783,6 +800,12 @@ fn mount(
     if let Some(l) = opts.lost_after_secs {
         child_args.extend(["--lost-after-secs".into(), l.to_string()]);
     }
+    if let Some(r) = opts.repair_threshold {
+        child_args.extend(["--repair-threshold".into(), r.to_string()]);
+    }
+    if let Some(a) = opts.audit_percent {
+        child_args.extend(["--audit-percent".into(), a.to_string()]);
+    }
     if let Some(l) = opts.repair_every_secs {
         child_args.extend(["--repair-every-secs".into(), l.to_string()]);
     }
@@ -800,6 +823,17 @@ fn mount(
     Ok(())
 }
 
+/// Refuses a repair threshold outside k..=n.
+fn check_threshold(r: Option<u32>, k: u32, n: u32) -> anyhow::Result<()> {
+    if let Some(r) = r {
+        let mut p = crate::maint::Policy::new(k, n);
+        p.r = r;
+        p.validate()
+            .map_err(|e| anyhow!("bad --repair-threshold: {e}"))?;
+    }
+    Ok(())
+}
+
 /// What a mount needs besides the vault.
 pub struct MountSetup {
     pub node: NodeConfig,
@@ -809,8 +843,12 @@ pub struct MountSetup {
     pub starter: u64,
     /// Lease time asked of peers.
     pub lease_secs: u32,
-    /// Seconds before a gone holder counts as lost.
+    /// Seconds before an away holder stops counting (fixed window).
     pub lost_after: Option<u64>,
+    /// Repair threshold r.
+    pub repair_threshold: Option<u32>,
+    /// Audit budget, percent per day.
+    pub audit_percent: Option<f64>,
     /// Seconds between repair passes.
     pub repair_every: Option<u64>,
     /// Seconds between background metadata publishes.
@@ -858,7 +896,11 @@ fn mount_foreground(
     remote.kdf = cfg.kdf;
     remote.lease_secs = setup.lease_secs;
     if let Some(s) = setup.lost_after {
-        remote.lost_after = Duration::from_secs(s);
+        remote.window = crate::maint::GoneWindow::fixed(s);
+    }
+    remote.repair_threshold = setup.repair_threshold;
+    if let Some(a) = setup.audit_percent {
+        remote.audit_fraction = (a / 100.0).max(0.0);
     }
     if let Some(s) = setup.publish_every {
         remote.publish_every = Duration::from_secs(s.max(1));

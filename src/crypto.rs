@@ -175,17 +175,6 @@ impl VaultKeys {
         (secret(b"renew"), secret(b"cancel"))
     }
 
-    /// The nonce of audit challenge `j` for a fragment on a peer (derived,
-    /// so only the expected answers need storing).
-    pub fn audit_nonce(&self, fragment: &[u8; 32], peer: &[u8], j: u32) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.lease);
-        h.update(b"audit");
-        h.update(&j.to_le_bytes());
-        h.update(fragment);
-        h.update(peer);
-        *h.finalize().as_bytes()
-    }
-
     /// A value stored in the vault config that tells a wrong password at once.
     pub fn key_check(&self) -> String {
         let h = blake3::keyed_hash(&self.check, b"drizzle key check v1");

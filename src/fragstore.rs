@@ -10,10 +10,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::coder::{FragmentId, Header};
 use crate::crypto::ObjectId;
+use crate::maint::Clock;
 use crate::net::proto::{Capacity, LeaseTerms};
 use crate::store::{Batch, Cf, Store, StoreError};
 
@@ -60,6 +61,8 @@ pub struct FragmentStore {
     /// Root records held; the lock also serializes updates (check the
     /// sequence, then store).
     roots: Mutex<u64>,
+    /// Leases age by this clock (simulated in tests and the simulator).
+    clock: Arc<dyn Clock>,
 }
 
 /// What became of a root record offered to this node.
@@ -75,14 +78,6 @@ pub enum RootOutcome {
 
 /// Longest lease a node grants, whatever the owner asks.
 pub const MAX_LEASE_SECS: u32 = 90 * 24 * 3600;
-
-/// Seconds since the Unix epoch (leases, renewals and records use the wall
-/// clock).
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// One index record: the fragment's length, lease and the peer it is for.
 struct Entry {
@@ -122,6 +117,16 @@ impl FragmentStore {
     /// Opens the store; usage and the per-peer ledger are summed from the
     /// index, so they are exact after any crash.
     pub fn open(dir: &Path, donated: u64, grace: u64) -> Result<Self, StoreError> {
+        Self::open_with_clock(dir, donated, grace, crate::maint::clock::system())
+    }
+
+    /// Like [`open`](Self::open), with leases aging by `clock`.
+    pub fn open_with_clock(
+        dir: &Path,
+        donated: u64,
+        grace: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
         let store = Store::open_fragments(dir)?;
         let mut usage = Usage::default();
         for (_, v) in store.scan(Cf::Fragments, &[], usize::MAX)? {
@@ -148,6 +153,7 @@ impl FragmentStore {
             grace,
             used: Mutex::new(usage),
             roots: Mutex::new(roots),
+            clock,
         })
     }
 
@@ -283,7 +289,7 @@ impl FragmentStore {
             b.put_object(&self.store, &ObjectId(id.0), data)?;
             let entry = Entry {
                 len,
-                expires: now_secs() + lease.secs.min(MAX_LEASE_SECS) as u64,
+                expires: self.clock.now() + lease.secs.min(MAX_LEASE_SECS) as u64,
                 renew_hash: lease.renew_hash,
                 cancel_hash: lease.cancel_hash,
                 peer: peer.to_vec(),
@@ -341,7 +347,7 @@ impl FragmentStore {
         items: &[(FragmentId, [u8; 32])],
         secs: u32,
     ) -> Result<Vec<bool>, StoreError> {
-        let expires = now_secs() + secs.min(MAX_LEASE_SECS) as u64;
+        let expires = self.clock.now() + secs.min(MAX_LEASE_SECS) as u64;
         let mut b = Batch::default();
         let mut out = Vec::with_capacity(items.len());
         for (id, secret) in items {
@@ -381,7 +387,7 @@ impl FragmentStore {
 
     /// Deletes fragments whose lease ran out; returns how many.
     pub fn expire(&self) -> Result<usize, StoreError> {
-        let now = now_secs();
+        let now = self.clock.now();
         let mut gone = Vec::new();
         for (k, v) in self.store.scan(Cf::Fragments, &[], usize::MAX)? {
             if let (Ok(id), Some(e)) = (<[u8; 32]>::try_from(k.as_slice()), Entry::decode(&v)) {

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fragstore;
 pub mod logging;
+pub mod maint;
 pub mod metasync;
 pub mod metrics;
 pub mod mount;

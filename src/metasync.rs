@@ -87,7 +87,7 @@ pub struct MetaStatus {
 
 /// A unix time for messages.
 pub fn describe_time(secs: u64) -> String {
-    let ago = crate::fragstore::now_secs().saturating_sub(secs);
+    let ago = crate::maint::clock::now_secs().saturating_sub(secs);
     match ago {
         0..=119 => format!("{ago} s ago"),
         120..=7199 => format!("{} min ago", ago / 60),
@@ -570,7 +570,7 @@ impl Remote {
         }
         *st.vv.entry(st.device).or_default() += 1;
         st.seq = st.seq.max(look.best.as_ref().map_or(0, |b| b.record.seq)) + 1;
-        st.time = crate::fragstore::now_secs();
+        st.time = crate::maint::clock::now_secs();
         let payload = RootPayload {
             format: 1,
             head: ChainRef {

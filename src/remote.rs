@@ -11,7 +11,7 @@
 //! checks every fragment against its id before decoding, and strikes peers
 //! that return bad data.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coder::{self, Decoder, Fragment, FragmentId, Layout};
 use crate::crypto::ObjectId;
+use crate::maint::{self, Clock, GoneWindow, Holder, Plan, Policy, Uptime};
 use crate::net::proto::{LeaseTerms, Request, Response};
 use crate::net::{NetError, NodeHandle, PeerId};
 use crate::placement::{self, Candidate};
@@ -46,11 +47,12 @@ const PUT_ATTEMPTS: usize = 4;
 const MOUNT_RENEW_AGE: u64 = 600;
 /// Leases asked for when none is configured: 30 days, renewed every 10.
 pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
-/// Audit challenges precomputed per fragment (their answers are kept in the
-/// placement record, 32 bytes each).
-const AUDIT_CHALLENGES: u32 = 2;
-/// Possession proofs asked per repair pass (a random sample).
-const AUDITS_PER_PASS: usize = 32;
+/// Possession audits asked per pass at most (the budget decides how many
+/// are due; this bounds one pass after a long absence).
+const MAX_AUDITS_PER_PASS: usize = 256;
+/// A holder past its gone window is dialed first, and judged gone only if
+/// it is still unreachable this long after.
+const DIAL_GRACE: u64 = 60;
 /// Most leases renewed or cancelled in one request.
 const LEASE_BATCH: usize = 1024;
 /// After start, uploads wait this long for n peers to be discovered before
@@ -89,7 +91,8 @@ struct UploadState {
     repaired: u64,
     /// Crowded objects spread onto more peers since start.
     spread: u64,
-    /// Fragments the last audit found missing on connected holders.
+    /// Fragments their holders lost (failed audits, unrenewable leases):
+    /// repair drops them from their placements.
     missing: HashSet<(Vec<u8>, FragmentId)>,
     /// The last reason a peer gave for refusing a fragment.
     last_refusal: Option<String>,
@@ -127,6 +130,14 @@ pub struct Remote {
     /// Asks the repair loop for a pass now.
     repair_wake: tokio::sync::Notify,
     started: Instant,
+    /// Wall-clock time of the start, by `clock`.
+    started_at: u64,
+    /// Maintenance ages by this clock (the node's).
+    clock: Arc<dyn Clock>,
+    /// Holders past their gone window that were dialed, and when.
+    dialed: Mutex<HashMap<Vec<u8>, u64>>,
+    /// When audits last ran (0: not since the start).
+    last_audit: Mutex<u64>,
     lease_secs: u32,
     cfg: RemoteConfig,
 }
@@ -138,11 +149,16 @@ pub struct RemoteConfig {
     pub n: u32,
     /// Lease time asked of peers (renewed every third of it).
     pub lease_secs: u32,
-    /// A holder disconnected this long counts as lost; its fragments are
-    /// rebuilt elsewhere. Peers that come back keep theirs until the
-    /// leases lapse.
-    pub lost_after: Duration,
-    /// How often placements are checked for lost holders.
+    /// How long a holder may be away before it stops counting (bounds of
+    /// a window that follows each peer's uptime history).
+    pub window: GoneWindow,
+    /// Repair an object when fewer of its fragments count (default:
+    /// [`maint::policy::default_threshold`]).
+    pub repair_threshold: Option<u32>,
+    /// Audit budget: the fraction of what a holder stores for us that it
+    /// reads to answer audits, per day.
+    pub audit_fraction: f64,
+    /// How often placements are checked (and audits sampled).
     pub repair_every: Duration,
     /// Bytes per second repair may fetch and upload, on average.
     pub repair_rate: u64,
@@ -161,7 +177,9 @@ impl RemoteConfig {
             k,
             n,
             lease_secs: DEFAULT_LEASE_SECS,
-            lost_after: Duration::from_secs(600),
+            window: GoneWindow::DEFAULT,
+            repair_threshold: None,
+            audit_fraction: maint::audit::DEFAULT_FRACTION,
             repair_every: Duration::from_secs(60),
             repair_rate: 32 << 20,
             kdf: crate::crypto::KdfParams::default_strong(),
@@ -200,6 +218,10 @@ impl Remote {
             wake: tokio::sync::Notify::new(),
             repair_wake: tokio::sync::Notify::new(),
             started: Instant::now(),
+            started_at: node.clock().now(),
+            clock: node.clock(),
+            dialed: Mutex::new(HashMap::new()),
+            last_audit: Mutex::new(0),
             // Nodes grant at most their maximum: renewal follows what they grant.
             lease_secs: lease_secs.clamp(1, crate::fragstore::MAX_LEASE_SECS),
             cfg,
@@ -450,21 +472,11 @@ impl Remote {
                     self.node.add_credit(&peer, len);
                     self.node
                         .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
-                    let pb = peer_bytes(&peer);
-                    let proofs = (0..AUDIT_CHALLENGES)
-                        .map(|j| {
-                            let nonce = self.vault.audit_nonce(&frag.id, &pb, j);
-                            let full = crate::net::proto::possession_proof(&nonce, &data);
-                            let mut kept = [0u8; 16];
-                            kept.copy_from_slice(&full[..16]);
-                            kept
-                        })
-                        .collect();
                     return Ok(FragmentLoc {
                         index: frag.index,
                         id: frag.id,
-                        peer: pb,
-                        proofs,
+                        peer: peer_bytes(&peer),
+                        proofs: Vec::new(),
                     });
                 }
                 Ok(Ok(Response::Refused(why))) => {
@@ -554,7 +566,7 @@ impl Remote {
         let before = renewed.len();
         renewed.retain(|p, _| by_peer.contains_key(p));
         let mut changed = renewed.len() != before;
-        let now = crate::fragstore::now_secs();
+        let now = self.clock.now();
         let lease = self.lease_secs;
         for (peer_b, ids) in by_peer {
             let due = renewal_due(renewed.get(&peer_b), now, lease, min_age);
@@ -606,10 +618,16 @@ impl Remote {
             };
             match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
                 Ok(Ok(Response::Has(ok))) => {
-                    let lost = ok.iter().filter(|x| !**x).count();
-                    if lost > 0 {
-                        // Audits find these and repair rebuilds them.
-                        tracing::warn!(%peer, "{lost} leases could not be renewed (fragments gone)");
+                    let lost: Vec<(Vec<u8>, FragmentId)> = chunk
+                        .iter()
+                        .zip(ok.iter().chain(std::iter::repeat(&false)))
+                        .filter(|(_, kept)| !**kept)
+                        .map(|(id, _)| (peer_b.to_vec(), *id))
+                        .collect();
+                    if !lost.is_empty() {
+                        // Repair drops and rebuilds these.
+                        tracing::warn!(%peer, "{} leases could not be renewed (fragments gone)", lost.len());
+                        self.state().missing.extend(lost);
                     }
                 }
                 Ok(Ok(other)) => return Err(format!("unexpected answer: {other:?}")),
@@ -663,79 +681,140 @@ impl Remote {
         }
     }
 
-    /// True if `peer` is gone for longer than `lost_after` (a peer never seen
-    /// since start counts from the start).
-    fn is_lost(
+    /// How the holder of `f` stands (see [`crate::maint::policy`]): failed
+    /// if it lost the fragment; up if connected; away within its gone
+    /// window (which follows its uptime history); else gone, once a dial
+    /// of its known addresses has had [`DIAL_GRACE`] to succeed.
+    fn holder(
         &self,
-        peer: &[u8],
-        peers: &std::collections::HashMap<PeerId, crate::net::PeerInfo>,
-    ) -> bool {
-        let Ok(id) = PeerId::from_bytes(peer) else {
-            return true;
+        f: &FragmentLoc,
+        peers: &HashMap<PeerId, crate::net::PeerInfo>,
+        now: u64,
+    ) -> Holder {
+        if self.state().missing.contains(&(f.peer.clone(), f.id)) {
+            return Holder::Failed;
+        }
+        let Ok(id) = PeerId::from_bytes(&f.peer) else {
+            return Holder::Failed;
         };
-        match peers.get(&id) {
-            Some(p) if p.connected() => false,
-            Some(p) => p.last_seen.elapsed() > self.cfg.lost_after,
-            None => self.started.elapsed() > self.cfg.lost_after,
+        let mut dialed = self.dialed.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&id).is_some_and(|p| p.connected()) {
+            dialed.remove(&f.peer);
+            return Holder::Up;
+        }
+        // A holder this node never watched is away since the mount.
+        let up = self.node.uptime(&id).unwrap_or_else(|| Uptime {
+            away: now.saturating_sub(self.started_at),
+            ..Default::default()
+        });
+        if !up.is_gone(&self.cfg.window) {
+            return Holder::Away;
+        }
+        let grace = DIAL_GRACE.min(self.cfg.window.min.max(1));
+        match dialed.get(&f.peer) {
+            Some(t) if now >= t + grace => Holder::Gone,
+            Some(_) => Holder::Away,
+            None => {
+                dialed.insert(f.peer.clone(), now);
+                self.node.find_peer(id);
+                Holder::Away
+            }
         }
     }
 
-    /// Rebuilds the fragments of lost holders on other peers, from fresh
-    /// encoding symbols, within the repair bandwidth limit; and spreads
+    /// Rebuilds objects whose counted holders fell below the repair
+    /// threshold (lazy repair, [`crate::maint::policy`]), from fresh
+    /// encoding symbols and within the repair bandwidth limit; spreads
     /// crowded objects (several fragments on one holder, placed while few
     /// peers were known) onto peers that joined since. Runs every
-    /// `repair_every` (with audits) and whenever `sync` asks ([`kick_repair`]).
+    /// `repair_every` (with a budgeted sample of audits) and whenever
+    /// `sync` asks ([`kick_repair`](Self::kick_repair)).
     async fn repair_loop(self: Arc<Self>) {
-        let mut next_audit = Instant::now() + self.cfg.repair_every;
         loop {
             let woken = tokio::select! {
-                _ = tokio::time::sleep_until(next_audit.into()) => false,
+                _ = tokio::time::sleep(self.cfg.repair_every) => false,
                 _ = self.repair_wake.notified() => true,
             };
-            let vault = self.vault.clone();
-            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await
-            else {
-                continue;
+            self.repair_pass(!woken).await;
+        }
+    }
+
+    /// One pass of [`repair_loop`](Self::repair_loop).
+    pub async fn repair_pass(&self, audit: bool) {
+        let vault = self.vault.clone();
+        let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await else {
+            return;
+        };
+        let now = self.clock.now();
+        if audit {
+            let last = std::mem::replace(
+                &mut *self.last_audit.lock().unwrap_or_else(|p| p.into_inner()),
+                now,
+            );
+            // The first pass after a mount audits one period's worth; a long
+            // absence never turns into one huge pass.
+            let elapsed = if last == 0 {
+                self.cfg.repair_every.as_secs().max(1)
+            } else {
+                now.saturating_sub(last).min(86_400)
             };
-            if !woken {
-                let missing = self.audit(&all).await;
-                self.state().missing = missing;
-                next_audit = Instant::now() + self.cfg.repair_every;
+            self.audit(&all, elapsed).await;
+        }
+        let policy = self.policy();
+        let peers = self.node.peers();
+        for (id, p) in &all {
+            let states: Vec<(u32, Holder)> = p
+                .fragments
+                .iter()
+                .map(|f| (f.index, self.holder(f, &peers, now)))
+                .collect();
+            let plan = maint::policy::plan(&states, &policy);
+            let extra = self.crowded_extras(p, &plan);
+            if plan.is_empty() && extra.is_empty() {
+                continue;
             }
-            for (id, p) in all {
-                let peers = self.node.peers();
-                let lost: Vec<FragmentLoc> = p
-                    .fragments
-                    .iter()
-                    .filter(|f| self.gone(f, &peers))
-                    .cloned()
-                    .collect();
-                let extra = self.crowded_extras(&p, &lost);
-                if lost.is_empty() && extra.is_empty() {
-                    continue;
-                }
-                let started = Instant::now();
-                match self.repair_one(&id, &p, &lost, &extra).await {
-                    Ok(bytes) => {
-                        if !lost.is_empty() {
-                            self.state().repaired += 1;
-                            tracing::info!(object = %id, "repaired {} lost fragments", lost.len());
-                        }
-                        if !extra.is_empty() {
-                            self.state().spread += 1;
-                            tracing::info!(object = %id, "moved {} fragments off crowded holders", extra.len());
-                        }
-                        // Average the repair traffic down to the limit.
-                        let min = Duration::from_secs_f64(
-                            bytes as f64 / self.cfg.repair_rate.max(1) as f64,
-                        );
-                        if let Some(rest) = min.checked_sub(started.elapsed()) {
-                            tokio::time::sleep(rest).await;
-                        }
+            let started = Instant::now();
+            match self.repair_one(id, p, &plan, &extra).await {
+                Ok(bytes) => {
+                    if plan.rebuild > 0 {
+                        self.state().repaired += 1;
+                        tracing::info!(object = %id, "rebuilt {} fragments", plan.rebuild);
                     }
-                    Err(e) => tracing::warn!(object = %id, "repair failed (will retry): {e}"),
+                    if !extra.is_empty() {
+                        self.state().spread += 1;
+                        tracing::info!(object = %id, "moved {} fragments off crowded holders", extra.len());
+                    }
+                    // Average the repair traffic down to the limit.
+                    let min =
+                        Duration::from_secs_f64(bytes as f64 / self.cfg.repair_rate.max(1) as f64);
+                    if let Some(rest) = min.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(rest).await;
+                    }
                 }
+                Err(e) => tracing::warn!(object = %id, "repair failed (will retry): {e}"),
             }
+        }
+        // Failures of fragments no placement names any more are forgotten.
+        let named: HashSet<(&Vec<u8>, &FragmentId)> = all
+            .iter()
+            .flat_map(|(_, p)| &p.fragments)
+            .map(|f| (&f.peer, &f.id))
+            .collect();
+        self.state()
+            .missing
+            .retain(|(p, id)| named.contains(&(p, id)));
+    }
+
+    /// The decisions of repair, from the configuration.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            k: self.k,
+            n: self.n,
+            r: self
+                .cfg
+                .repair_threshold
+                .unwrap_or_else(|| maint::policy::default_threshold(self.k, self.n)),
+            window: self.cfg.window,
         }
     }
 
@@ -746,14 +825,19 @@ impl Remote {
 
     /// Fragments to move off holders that keep several fragments of one
     /// object, as many as there are connected storage peers holding none
-    /// of it (after the `lost` fragments have found new homes).
-    fn crowded_extras(&self, p: &Placement, lost: &[FragmentLoc]) -> Vec<FragmentLoc> {
+    /// of it (after the fragments `plan` rebuilds have found homes).
+    fn crowded_extras(&self, p: &Placement, plan: &Plan) -> Vec<FragmentLoc> {
         let mut seen: HashSet<&Vec<u8>> = HashSet::new();
         let mut extras: Vec<FragmentLoc> = Vec::new();
         // The lowest index stays on each holder (reads prefer source
         // fragments); the rest move, highest index first.
-        let mut live: Vec<&FragmentLoc> =
-            p.fragments.iter().filter(|f| !lost.contains(f)).collect();
+        let mut live: Vec<&FragmentLoc> = p
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !plan.drop.contains(i))
+            .map(|(_, f)| f)
+            .collect();
         live.sort_by_key(|f| f.index);
         for f in live {
             if !seen.insert(&f.peer) {
@@ -772,180 +856,163 @@ impl Remote {
                 !holders.contains(&peer_bytes(id)) && info.capacity.is_none_or(|c| c.available > 0)
             })
             .count();
-        let room = free.saturating_sub(lost.len());
+        let room = free.saturating_sub(plan.rebuild as usize);
         extras.reverse();
         extras.truncate(room);
         extras
     }
 
-    /// Asks every connected holder whether it still has its fragments
-    /// (HAS checks the bytes, not just the index); returns those missing.
-    async fn audit(&self, all: &[(ObjectId, Placement)]) -> HashSet<(Vec<u8>, FragmentId)> {
-        let by_peer = group_by_peer(
-            all.iter()
-                .flat_map(|(_, p)| &p.fragments)
-                .map(|f| (f.peer.clone(), f.id)),
-        );
-        let mut missing = HashSet::new();
-        // Possession proofs for a random sample: a holder that answers HAS
-        // but dropped the bytes cannot answer these.
-        let mut sample: Vec<&FragmentLoc> = all
-            .iter()
-            .flat_map(|(_, p)| &p.fragments)
-            .filter(|f| !f.proofs.is_empty())
-            .collect();
-        {
-            use rand::seq::SliceRandom;
-            sample.shuffle(&mut rand::rng());
-        }
-        for f in sample.into_iter().take(AUDITS_PER_PASS) {
-            let Ok(peer) = PeerId::from_bytes(&f.peer) else {
-                continue;
-            };
-            if !self.node.is_connected(&peer) {
-                continue;
-            }
-            let j = rand::random_range(0..f.proofs.len());
-            let nonce = self.vault.audit_nonce(&f.id, &f.peer, j as u32);
-            let req = Request::Audit { id: f.id, nonce };
-            match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
-                Ok(Ok(Response::Proof(p))) if p[..16] == f.proofs[j] => {}
-                Ok(Ok(Response::Proof(_))) | Ok(Ok(Response::NotFound)) => {
-                    self.node.strike(
-                        &peer,
-                        &format!("failed a possession audit of fragment {}", f.id),
-                    );
-                    missing.insert((f.peer.clone(), f.id));
-                }
-                // No answer: liveness decides (lost_after).
-                _ => {}
-            }
-        }
-        for (peer_b, ids) in by_peer {
-            let Ok(peer) = PeerId::from_bytes(&peer_b) else {
-                continue;
-            };
-            if !self.node.is_connected(&peer) {
-                continue;
-            }
-            for chunk in ids.chunks(crate::net::proto::MAX_HAS) {
-                let req = Request::Has {
-                    ids: chunk.to_vec(),
+    /// Audits a budgeted random sample of the fragments on connected
+    /// holders ([`crate::maint::audit`]): each answers a fresh challenge
+    /// with a proof checked against the fragment id. A holder that fails is
+    /// struck and the fragment counts as lost.
+    async fn audit(&self, all: &[(ObjectId, Placement)], elapsed: u64) {
+        let sample: Vec<(FragmentLoc, PeerId, u64, u64)> = {
+            let mut rng = rand::rng();
+            let mut out = Vec::new();
+            for (_, p) in all {
+                let Ok(layout) = Layout::new(p.len as usize, p.k) else {
+                    continue;
                 };
-                if let Ok(Ok(Response::Has(v))) =
-                    tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await
-                {
-                    let lost: Vec<_> = chunk
-                        .iter()
-                        .zip(v.iter().chain(std::iter::repeat(&false)))
-                        .filter(|(_, has)| !**has)
-                        .map(|(id, _)| (peer_b.clone(), *id))
-                        .collect();
-                    if !lost.is_empty() {
-                        self.node.strike(
-                            &peer,
-                            &format!("lost {} fragments it had stored", lost.len()),
-                        );
+                let len = layout.fragment_len() as u64;
+                for f in &p.fragments {
+                    if !maint::audit::picked(self.cfg.audit_fraction, elapsed, &mut rng) {
+                        continue;
                     }
-                    missing.extend(lost);
+                    let Ok(peer) = PeerId::from_bytes(&f.peer) else {
+                        continue;
+                    };
+                    if self.node.is_connected(&peer) {
+                        out.push((f.clone(), peer, len, maint::audit::challenge(len, &mut rng)));
+                    }
                 }
             }
+            use rand::seq::SliceRandom;
+            out.shuffle(&mut rng);
+            out.truncate(MAX_AUDITS_PER_PASS);
+            out
+        };
+        let asks = sample.into_iter().map(|(f, peer, len, start)| async move {
+            let req = Request::Audit { id: f.id, start };
+            let verdict = match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req))
+                .await
+            {
+                Ok(Ok(Response::Proof(proof))) => maint::audit::verify(&f.id, len, start, &proof)
+                    .err()
+                    .map(|e| format!("failed a possession audit of fragment {}: {e}", f.id)),
+                Ok(Ok(Response::NotFound)) => Some(format!("lost fragment {} it had stored", f.id)),
+                // No answer: liveness decides.
+                _ => None,
+            };
+            (f, peer, verdict)
+        });
+        let results: Vec<_> = futures::stream::iter(asks)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (f, peer, verdict) in results {
+            if let Some(why) = verdict {
+                self.node.strike(&peer, &why);
+                self.state().missing.insert((f.peer, f.id));
+            }
         }
-        missing
     }
 
-    /// A fragment to rebuild: its holder is lost, or failed the last audit.
-    fn gone(
-        &self,
-        f: &FragmentLoc,
-        peers: &std::collections::HashMap<PeerId, crate::net::PeerInfo>,
-    ) -> bool {
-        self.is_lost(&f.peer, peers) || self.state().missing.contains(&(f.peer.clone(), f.id))
-    }
-
-    /// Replaces the `lost` fragments of one object, and moves the `extra`
-    /// ones (crowded, still held) to new distinct peers; returns the bytes
-    /// moved.
+    /// Carries out `plan` for one object (drops, releases, fresh
+    /// fragments) and moves the `extra` ones (crowded, still held) to new
+    /// distinct peers; returns the bytes moved.
     async fn repair_one(
         &self,
         id: &ObjectId,
         old: &Placement,
-        lost: &[FragmentLoc],
+        plan: &Plan,
         extra: &[FragmentLoc],
     ) -> Result<u64, String> {
-        let live: Vec<FragmentLoc> = old
+        let keep: Vec<FragmentLoc> = old
             .fragments
             .iter()
-            .filter(|f| !lost.contains(f) && !extra.contains(f))
-            .cloned()
+            .enumerate()
+            .filter(|(i, f)| !plan.drop.contains(i) && !extra.contains(f))
+            .map(|(_, f)| f.clone())
             .collect();
-        let lost: Vec<FragmentLoc> = lost.iter().chain(extra).cloned().collect();
-        let holders: Vec<PeerId> = live
+        let released: Vec<FragmentLoc> = plan
+            .release
             .iter()
-            .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
+            .map(|i| old.fragments[*i].clone())
             .collect();
-        let mut cands = self.candidates(&holders);
-        cands.retain(|c| !lost.iter().any(|l| l.peer == peer_bytes(&c.peer)));
-        if !extra.is_empty() && cands.len() < lost.len() {
-            // A move is only worth it onto as many new distinct peers.
-            return Err(format!(
-                "{} fragments to place but only {} peers outside this object's holders",
-                lost.len(),
-                cands.len()
-            ));
-        }
-        let vault = self.vault.clone();
-        let oid = *id;
-        let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let object = match local {
-            Some(b) => b,
-            // Repair does not wait for holders: the next pass retries.
-            None => fetch_object(&self.node, id, old, Duration::ZERO).await?,
-        };
-        let moved = object.len() as u64;
-        let m = lost.len() as u32;
-        let k = old.k;
+        let m = plan.rebuild + extra.len() as u32;
         let first = old.next_index;
-        let frags =
-            tokio::task::spawn_blocking(move || coder::encode(&object, k, first..first + m))
+        let mut fresh = Vec::new();
+        let mut moved = 0;
+        if m > 0 {
+            // Every holder named (spares included: they may return) is
+            // excluded, so fragments land on distinct new peers.
+            let holders: Vec<PeerId> = old
+                .fragments
+                .iter()
+                .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
+                .collect();
+            let cands = self.candidates(&holders);
+            if !extra.is_empty() && cands.len() < m as usize {
+                // A move is only worth it onto as many new distinct peers.
+                return Err(format!(
+                    "{m} fragments to place but only {} peers outside this object's holders",
+                    cands.len()
+                ));
+            }
+            let vault = self.vault.clone();
+            let oid = *id;
+            let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-        let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
-        let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
-            format!(
-                "no peer outside this object's holders has room ({} candidates)",
-                cands.len()
-            )
-        })?;
-        let puts = frags
-            .into_iter()
-            .zip(targets)
-            .map(|(f, p)| self.put_fragment(f, p));
-        let fresh = futures::future::join_all(puts)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            let object = match local {
+                Some(b) => b,
+                // Repair does not wait for holders: the next pass retries.
+                None => fetch_object(&self.node, id, old, Duration::ZERO).await?,
+            };
+            moved = object.len() as u64;
+            let k = old.k;
+            let frags =
+                tokio::task::spawn_blocking(move || coder::encode(&object, k, first..first + m))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
+            let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
+                format!(
+                    "no peer outside this object's holders has room ({} candidates)",
+                    cands.len()
+                )
+            })?;
+            let puts = frags
+                .into_iter()
+                .zip(targets)
+                .map(|(f, p)| self.put_fragment(f, p));
+            fresh = futures::future::join_all(puts)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            moved += frag_len * m as u64;
+        }
         let new = Placement {
             len: old.len,
             k: old.k,
-            fragments: live.into_iter().chain(fresh).collect(),
+            fragments: keep.into_iter().chain(fresh).collect(),
             next_index: first + m,
         };
         let vault = self.vault.clone();
         let (oid, old2) = (*id, old.clone());
-        let replaced =
-            tokio::task::spawn_blocking(move || vault.replace_placement(&oid, &old2, &new))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+        let replaced = tokio::task::spawn_blocking(move || {
+            vault.replace_placement(&oid, &old2, &new, &released)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         if !replaced {
             return Err("the object changed while it was repaired".into());
         }
-        Ok(moved + frag_len * m as u64)
+        Ok(moved)
     }
 
     /// Redundancy of every placed file-content object, by which holders
@@ -1096,11 +1163,13 @@ impl Remote {
                 ))
             } else if last_change.elapsed() > STALL {
                 Some(format!(
-                    "{peers} storage peers are connected, but no object reached full redundancy                      for {} s ({} crowded, {} with holders gone; lost holders are rebuilt after                      {} s away){}",
+                    "{peers} storage peers are connected, but no object reached full redundancy                      for {} s ({} crowded, {} with holders away; an object is rebuilt once fewer                      than {} of its holders count, a holder counting until it has been away                      for its gone window, {} s to {} s){}",
                     STALL.as_secs(),
                     h.crowded,
                     short.saturating_sub(h.crowded),
-                    self.cfg.lost_after.as_secs(),
+                    self.policy().r,
+                    self.cfg.window.min,
+                    self.cfg.window.max,
                     self.state()
                         .last_refusal
                         .as_ref()

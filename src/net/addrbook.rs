@@ -32,6 +32,9 @@ pub struct Entry {
     /// Unix seconds of the last answered request.
     #[serde(default)]
     pub last_answered: u64,
+    /// How it behaved while this node watched.
+    #[serde(default)]
+    pub uptime: crate::maint::Uptime,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -46,7 +49,13 @@ pub struct AddressBook {
     peers: HashMap<PeerId, Entry>,
     path: Option<PathBuf>,
     dirty: bool,
+    /// When uptimes were last counted, and last marked for writing.
+    observed: u64,
+    uptime_saved: u64,
 }
+
+/// Uptime counts alone rewrite the file at most this often (seconds).
+const UPTIME_SAVE: u64 = 300;
 
 impl AddressBook {
     /// Loads the book kept in `dir` (an unreadable or damaged file gives an
@@ -169,6 +178,32 @@ impl AddressBook {
         }
     }
 
+    /// Counts the time since the last call as up for the `connected`
+    /// peers and away for the others (see [`crate::maint::history`]).
+    pub fn observe(&mut self, now: u64, connected: &std::collections::HashSet<PeerId>) {
+        let step = if self.observed == 0 {
+            0
+        } else {
+            now.saturating_sub(self.observed)
+        };
+        self.observed = now;
+        if step == 0 {
+            return;
+        }
+        for (p, e) in self.peers.iter_mut() {
+            e.uptime.observe(connected.contains(p), step);
+        }
+        if now >= self.uptime_saved + UPTIME_SAVE {
+            self.uptime_saved = now;
+            self.dirty = true;
+        }
+    }
+
+    /// What the book knows of `peer`'s uptime.
+    pub fn uptime(&self, peer: &PeerId) -> Option<&crate::maint::Uptime> {
+        self.peers.get(peer).map(|e| &e.uptime)
+    }
+
     /// The known addresses of `peer`, newest first.
     pub fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.peers
@@ -260,6 +295,24 @@ mod tests {
         assert_eq!(book.len(), MAX_PEERS);
         // The longest unseen (peer `a`) went first.
         assert!(book.addrs(&a).is_empty());
+    }
+
+    #[test]
+    fn uptime_is_counted_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut book = AddressBook::load(dir.path());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        book.note_seen(a, 1);
+        book.note_seen(b, 1);
+        let up: std::collections::HashSet<PeerId> = [a].into();
+        for t in 0..=20 {
+            book.observe(1000 + t * 60, &up);
+        }
+        let shared = std::sync::Mutex::new(book);
+        AddressBook::save_shared(&shared).unwrap();
+        let book = AddressBook::load(dir.path());
+        assert_eq!(book.uptime(&a).unwrap().up, 1200);
+        assert_eq!(book.uptime(&b).unwrap().away, 1200);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fragstore::{FragmentStore, PutOutcome, RootOutcome};
+use crate::maint::{Clock, Uptime};
 use proto::{Capacity, Request, Response, PROTOCOL};
 
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/kad/1");
@@ -81,6 +82,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Address for the Prometheus endpoint (served by the daemon, not here).
     pub metrics: Option<String>,
+    /// Leases and peer uptime age by this clock (the system's, except in
+    /// tests and the simulator).
+    pub clock: Arc<dyn Clock>,
     #[doc(hidden)]
     pub fault: Option<Fault>,
 }
@@ -96,6 +100,7 @@ impl NodeConfig {
             gc_interval: Duration::from_secs(600),
             mdns: false,
             metrics: None,
+            clock: crate::maint::clock::system(),
             fault: None,
         }
     }
@@ -164,6 +169,7 @@ struct Shared {
     credits: RwLock<HashMap<PeerId, u64>>,
     /// Peers met before, with their addresses (see [`addrbook`]).
     book: std::sync::Mutex<addrbook::AddressBook>,
+    clock: Arc<dyn Clock>,
     fault: Option<Fault>,
 }
 
@@ -273,7 +279,7 @@ impl NodeHandle {
             .with_context(|| format!("creating {}", cfg.dir.display()))?;
         let key = load_identity(&cfg.dir)?;
         let frags = Arc::new(
-            FragmentStore::open(&cfg.dir, cfg.donate, cfg.grace)
+            FragmentStore::open_with_clock(&cfg.dir, cfg.donate, cfg.grace, cfg.clock.clone())
                 .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?,
         );
         let peer_id = key.public().to_peer_id();
@@ -373,6 +379,7 @@ impl NodeHandle {
             counters,
             credits: RwLock::new(HashMap::new()),
             book: std::sync::Mutex::new(book),
+            clock: cfg.clock.clone(),
             fault: cfg.fault,
         });
         let shared_frags = Arc::downgrade(&shared.frags);
@@ -456,6 +463,17 @@ impl NodeHandle {
             .filter(|(p, _)| !peers.get(p).is_some_and(|i| i.connected()))
             .count();
         (book.len() as u64, away as u64)
+    }
+
+    /// How `peer` has behaved while this node watched (see
+    /// [`crate::maint::history`]), if it is in the address book.
+    pub fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
+        self.shared.book().uptime(peer).cloned()
+    }
+
+    /// The clock this node ages leases and uptime by.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
     }
 
     /// Stops the node; the address book is written first (the runtime may
@@ -595,8 +613,8 @@ impl NodeHandle {
     }
 }
 
-/// Writes the address book every 15 s while it changes, and once more
-/// when the node stops.
+/// Counts every known peer's uptime and writes the address book, every
+/// 15 s while it changes, and once more when the node stops.
 async fn keep_book(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
@@ -604,6 +622,16 @@ async fn keep_book(shared: std::sync::Weak<Shared>) {
         let Some(s) = shared.upgrade() else {
             return;
         };
+        let connected: std::collections::HashSet<PeerId> = s
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, i)| i.connected())
+            .map(|(p, _)| *p)
+            .collect();
+        let now = s.clock.now();
+        s.book().observe(now, &connected);
         let r =
             tokio::task::spawn_blocking(move || addrbook::AddressBook::save_shared(&s.book)).await;
         if let Ok(Err(e)) = r {
@@ -851,9 +879,9 @@ impl Driver {
                     let mut book = self.shared.book();
                     match &endpoint {
                         libp2p::core::ConnectedPoint::Dialer { address, .. } => {
-                            book.note_addr(peer_id, address, crate::fragstore::now_secs())
+                            book.note_addr(peer_id, address, self.shared.clock.now())
                         }
-                        _ => book.note_seen(peer_id, crate::fragstore::now_secs()),
+                        _ => book.note_seen(peer_id, self.shared.clock.now()),
                     }
                 }
                 let first = {
@@ -968,7 +996,7 @@ impl Driver {
                 Some(Pending::Caller(tx)) => {
                     self.shared
                         .book()
-                        .note_answered(peer, crate::fragstore::now_secs());
+                        .note_answered(peer, self.shared.clock.now());
                     let _ = tx.send(Ok(response));
                 }
                 Some(Pending::Capacity) => {
@@ -1076,8 +1104,14 @@ impl Driver {
                     Ok(v) => Response::Has(v),
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),
                 },
-                Request::Audit { id, nonce } => match shared.frags.get(&id) {
-                    Ok(Some(data)) => Response::Proof(proto::possession_proof(&nonce, &data)),
+                Request::Audit { id, start } => match shared.frags.get(&id) {
+                    Ok(Some(mut data)) => {
+                        if shared.fault == Some(Fault::Corrupt) && !data.is_empty() {
+                            let at = (start as usize).min(data.len() - 1);
+                            data[at] ^= 1;
+                        }
+                        Response::Proof(crate::maint::audit::prove(&data, start))
+                    }
                     Ok(None) => Response::NotFound,
                     Err(e) => Response::Failed(format!("storage error on the node: {e}")),
                 },

@@ -80,11 +80,11 @@ pub enum Request {
     Get {
         id: FragmentId,
     },
-    /// Prove possession: BLAKE3 of the nonce and a range of the fragment
-    /// chosen by the nonce (see [`possession_proof`]).
+    /// Prove possession: a Bao proof of the 1 KiB slice at `start`,
+    /// checked against the fragment id (see [`crate::maint::audit`]).
     Audit {
         id: FragmentId,
-        nonce: [u8; 32],
+        start: u64,
     },
     Has {
         ids: Vec<FragmentId>,
@@ -135,8 +135,8 @@ pub enum Response {
     NotFound,
     Has(Vec<bool>),
     Capacity(Capacity),
-    /// The answer to an audit.
-    Proof([u8; 32]),
+    /// The answer to an audit: a Bao slice.
+    Proof(Vec<u8>),
     /// A root record.
     Root(Vec<u8>),
     /// The node will not store this (full, over quota): the reason says why.
@@ -212,10 +212,10 @@ impl Request {
                 out.push(2);
                 out.extend_from_slice(&id.0);
             }
-            Request::Audit { id, nonce } => {
+            Request::Audit { id, start } => {
                 out.push(7);
                 out.extend_from_slice(&id.0);
-                out.extend_from_slice(nonce);
+                out.extend_from_slice(&start.to_be_bytes());
             }
             Request::Has { ids } => {
                 out.push(3);
@@ -273,9 +273,9 @@ impl Request {
             6 => Ok(Request::Cancel {
                 items: take_items(rest)?,
             }),
-            7 if rest.len() == 64 => Ok(Request::Audit {
+            7 if rest.len() == 40 => Ok(Request::Audit {
                 id: FragmentId(rest[..32].try_into().expect("32 bytes")),
-                nonce: rest[32..].try_into().expect("32 bytes"),
+                start: u64::from_be_bytes(rest[32..].try_into().expect("8 bytes")),
             }),
             2 => {
                 let (id, rest) = take_id(rest)?;
@@ -380,29 +380,12 @@ impl Response {
                 }))
             }
             6 => Ok(Response::Refused(reason(rest)?)),
-            8 if rest.len() == 32 => Ok(Response::Proof(rest.try_into().expect("32 bytes"))),
+            8 if rest.len() <= crate::maint::audit::MAX_PROOF => Ok(Response::Proof(rest.to_vec())),
             7 => Ok(Response::Failed(reason(rest)?)),
             9 if rest.len() <= crate::root::MAX_ROOT => Ok(Response::Root(rest.to_vec())),
             _ => Err(invalid(format!("bad response type {tag}"))),
         }
     }
-}
-
-/// Bytes of a fragment an audit covers.
-const AUDIT_RANGE: usize = 16 * 1024;
-
-/// The possession proof for `nonce`: BLAKE3 of the nonce and the
-/// `AUDIT_RANGE` bytes of the fragment at an offset the nonce picks. The
-/// owner precomputes a few while it still has the fragment; a holder can only
-/// answer by keeping the bytes.
-pub fn possession_proof(nonce: &[u8; 32], fragment: &[u8]) -> [u8; 32] {
-    let span = AUDIT_RANGE.min(fragment.len());
-    let slots = (fragment.len() - span + 1) as u64;
-    let at = (u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes")) % slots) as usize;
-    let mut h = blake3::Hasher::new();
-    h.update(nonce);
-    h.update(&fragment[at..at + span]);
-    *h.finalize().as_bytes()
 }
 
 /// Reads one length-prefixed message of at most `limit` bytes.
@@ -522,7 +505,7 @@ mod tests {
             items: vec![(id, [5; 32])],
         });
         roundtrip_req(Request::Get { id });
-        roundtrip_req(Request::Audit { id, nonce: [6; 32] });
+        roundtrip_req(Request::Audit { id, start: 6 << 10 });
         roundtrip_req(Request::Has { ids: vec![id, id] });
         roundtrip_req(Request::Capacity);
         roundtrip_req(Request::RootPut {
@@ -541,7 +524,7 @@ mod tests {
                 used: 2,
                 available: 3,
             }),
-            Response::Proof([8; 32]),
+            Response::Proof(vec![8; 1500]),
             Response::Refused("full".into()),
             Response::Failed("disk".into()),
         ] {

@@ -285,17 +285,22 @@ impl Vault {
         Ok(out)
     }
 
-    /// Swaps an object's placement after repair, if it is still `old`. The
-    /// replaced fragments (lost, or moved off a crowded holder) are not
-    /// cancelled: the published metadata may still name them until the next
-    /// publish, and nobody renews them any more, so their leases lapse.
+    /// Swaps an object's placement after repair, if it is still `old`, and
+    /// queues the leases of `release` for cancelling (surplus fragments of
+    /// holders that came back). Other replaced fragments (lost, or moved
+    /// off a crowded holder) are not cancelled: the published metadata may
+    /// still name them until the next publish, and nobody renews them any
+    /// more, so their leases lapse.
     pub fn replace_placement(
         &self,
         id: &ObjectId,
         old: &Placement,
         new: &Placement,
+        release: &[FragmentLoc],
     ) -> Result<bool> {
         let mut inner = self.lock();
+        // Metadata objects release nothing: the published metadata may name
+        // those fragments until the next publish (their leases lapse).
         if let Some(done) = self.replace_chain_placement(id, old, new)? {
             return Ok(done);
         }
@@ -304,6 +309,9 @@ impl Vault {
         }
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, new);
+        for f in release {
+            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+        }
         self.commit(&mut inner, batch)?;
         Ok(true)
     }
@@ -311,11 +319,6 @@ impl Vault {
     /// The renew and cancel secrets of a fragment's lease on `peer`.
     pub fn lease_secrets(&self, fragment: &FragmentId, peer: &[u8]) -> ([u8; 32], [u8; 32]) {
         self.keys.lease_secrets(&fragment.0, peer)
-    }
-
-    /// The nonce of audit challenge `j` for a fragment on `peer`.
-    pub fn audit_nonce(&self, fragment: &FragmentId, peer: &[u8], j: u32) -> [u8; 32] {
-        self.keys.audit_nonce(&fragment.0, peer, j)
     }
 
     /// When each holder's leases were last all renewed (peer id bytes ->

@@ -182,10 +182,9 @@ pub struct FragmentLoc {
     pub id: crate::coder::FragmentId,
     /// The holder's peer id, as bytes (the vault knows no network types).
     pub peer: Vec<u8>,
-    /// Expected answers to audit challenges 0.. (computed while the vault
-    /// had the fragment).
-    /// (the first 16 bytes of each: 128 bits is plenty against guessing,
-    /// and placements are most of the metadata).
+    /// Unused and empty since audits check Bao proofs against the id
+    /// (placements written before kept precomputed answers here; the field
+    /// stays so those records still decode).
     pub proofs: Vec<[u8; 16]>,
 }
 

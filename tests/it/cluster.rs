@@ -542,15 +542,17 @@ fn nodes_talk_over_quic() {
     assert_eq!(get, Response::Fragment(frag.bytes.into()));
 }
 
-/// Audits: a holder whose fragment file vanished is caught by HAS (which
-/// checks the bytes), one whose bytes rotted by a possession proof; both
-/// fragments are rebuilt elsewhere.
+/// Audits: a holder whose fragment file vanished and one whose bytes rotted
+/// both fail a fresh possession challenge; both fragments are rebuilt
+/// elsewhere.
 #[test]
 fn audits_catch_lost_fragment_files_and_repair_rebuilds_them() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = runtime();
     let mut rcfg = RemoteConfig::new(2, 4);
     rcfg.repair_every = Duration::from_secs(1);
+    // Every fragment every pass (the default budget is 1% a day).
+    rcfg.audit_fraction = 1e6;
     let c = cluster(&rt, tmp.path(), 6, rcfg);
     let (nodes, vault, vnode, remote) = (&c.nodes, &c.vault, &c.vnode, &c.remote);
     let data = pattern(4 << 20, 11);

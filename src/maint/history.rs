@@ -1,0 +1,167 @@
+//! How each peer usually behaves: time seen connected and disconnected,
+//! and the lengths of its recent absences, counted only while this node
+//! was running (our own downtime tells nothing about a peer). Kept in the
+//! address book, so it survives restarts.
+//!
+//! The gone window of a peer (how long it may be away before its
+//! fragments are rebuilt elsewhere) follows its longest recent absence: a
+//! desktop that sleeps every night for 10 hours is not condemned at
+//! hour 11 of the first night it is late, and a peer that is always on is
+//! judged quickly.
+
+use serde::{Deserialize, Serialize};
+
+/// Completed absences remembered per peer.
+pub const ABSENCES_KEPT: usize = 16;
+/// A gap between two observations longer than this was our own downtime
+/// (or a suspend) and is not counted.
+pub const MAX_STEP: u64 = 300;
+/// Observed time below which a peer's history is too short to judge.
+const SETTLED: u64 = 24 * 3600;
+
+/// Bounds of the gone window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoneWindow {
+    /// Never judge a peer gone sooner.
+    pub min: u64,
+    /// Never wait longer.
+    pub max: u64,
+    /// For peers with too little history.
+    pub unknown: u64,
+}
+
+impl GoneWindow {
+    /// The defaults (see ARCHITECTURE.md, "Maintenance"): at least an hour,
+    /// at most three days, a day for peers we hardly know.
+    pub const DEFAULT: GoneWindow = GoneWindow {
+        min: 3600,
+        max: 3 * 86_400,
+        unknown: 86_400,
+    };
+
+    /// The same window for every peer (tests, `--lost-after-secs`).
+    pub fn fixed(secs: u64) -> GoneWindow {
+        GoneWindow {
+            min: secs,
+            max: secs,
+            unknown: secs,
+        }
+    }
+}
+
+impl Default for GoneWindow {
+    fn default() -> Self {
+        GoneWindow::DEFAULT
+    }
+}
+
+/// Observed behaviour of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uptime {
+    /// Seconds seen connected.
+    pub up: u64,
+    /// Seconds seen disconnected.
+    pub down: u64,
+    /// Length of the absence under way (0 while connected).
+    pub away: u64,
+    /// Lengths of recent completed absences, oldest first.
+    pub absences: Vec<u64>,
+}
+
+impl Uptime {
+    /// Counts `step` seconds in the state seen now. Steps longer than
+    /// [`MAX_STEP`] are cut to it: a gap that long means this node was not
+    /// watching.
+    pub fn observe(&mut self, connected: bool, step: u64) {
+        self.watched(connected, step.min(MAX_STEP));
+    }
+
+    /// Counts `secs` seconds in one state, all of them watched (the
+    /// simulator, which knows when the owner was online).
+    pub fn watched(&mut self, connected: bool, step: u64) {
+        if connected {
+            self.up += step;
+            if self.away > 0 {
+                self.absences.push(self.away);
+                if self.absences.len() > ABSENCES_KEPT {
+                    self.absences.remove(0);
+                }
+                self.away = 0;
+            }
+        } else {
+            self.down += step;
+            self.away += step;
+        }
+    }
+
+    /// Fraction of observed time the peer was connected, with one hour of
+    /// each as a prior (so a peer seen for a minute is not "100%").
+    pub fn availability(&self) -> f64 {
+        (self.up as f64 + 3600.0) / ((self.up + self.down) as f64 + 7200.0)
+    }
+
+    /// How long this peer may be away before it is judged gone.
+    pub fn gone_window(&self, w: &GoneWindow) -> u64 {
+        if self.up + self.down < SETTLED {
+            return w.unknown.clamp(w.min, w.max);
+        }
+        let longest = self.absences.iter().copied().max().unwrap_or(0);
+        longest.saturating_mul(2).clamp(w.min, w.max)
+    }
+
+    /// True if the peer has been away longer than its window.
+    pub fn is_gone(&self, w: &GoneWindow) -> bool {
+        self.away > self.gone_window(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps through `hours` of a peer that is up `on` hours, then down
+    /// `off`, in 60 s observations.
+    fn pattern(u: &mut Uptime, hours: u64, on: u64, off: u64) {
+        for m in 0..hours * 60 {
+            let h = (m / 60) % (on + off);
+            u.observe(h < on, 60);
+        }
+    }
+
+    #[test]
+    fn a_nightly_sleeper_gets_a_window_past_its_nights() {
+        let w = GoneWindow::DEFAULT;
+        let mut u = Uptime::default();
+        assert_eq!(u.gone_window(&w), w.unknown);
+        // A week, ending at the end of a day's 14 connected hours.
+        pattern(&mut u, 24 * 7 - 10, 14, 10);
+        assert!((0.55..0.65).contains(&u.availability()));
+        assert_eq!(u.gone_window(&w), 20 * 3600);
+        // Away 11 hours: late, not gone.
+        for _ in 0..11 * 60 {
+            u.observe(false, 60);
+        }
+        assert!(!u.is_gone(&w));
+        for _ in 0..10 * 60 {
+            u.observe(false, 60);
+        }
+        assert!(u.is_gone(&w));
+        // It comes back: its history now has the long absence.
+        u.observe(true, 60);
+        assert_eq!(u.away, 0);
+        assert_eq!(u.gone_window(&w), 42 * 3600);
+    }
+
+    #[test]
+    fn an_always_on_peer_is_judged_quickly_and_our_downtime_does_not_count() {
+        let w = GoneWindow::DEFAULT;
+        let mut u = Uptime::default();
+        pattern(&mut u, 48, 1, 0);
+        assert_eq!(u.gone_window(&w), w.min);
+        // This node was off for a week: one capped step.
+        u.observe(false, 7 * 86_400);
+        assert_eq!(u.away, MAX_STEP);
+        assert!(!u.is_gone(&w));
+        assert_eq!(Uptime::default().gone_window(&GoneWindow::fixed(3)), 3);
+    }
+}

@@ -1,0 +1,197 @@
+//! The decisions of maintenance, as pure functions: which holders count,
+//! when an object is repaired and with how many fresh fragments, which
+//! fragments leave its placement. The daemon's repair pass and the churn
+//! simulator call the same code.
+//!
+//! Lazy repair: an object is rebuilt only when fewer than `r` of its
+//! fragments sit on holders that still count (connected, or away for less
+//! than their gone window), and then back to `n`. Fragments of holders
+//! judged gone stay in the placement as spares (at most `n - k`): a holder
+//! that returns counts again and nothing is uploaded for it. When returns
+//! push an object above `n`, the surplus is released (its lease
+//! cancelled), so peers' disks do not fill with leftovers.
+
+use serde::{Deserialize, Serialize};
+
+use super::history::GoneWindow;
+
+/// What maintenance decides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub k: u32,
+    pub n: u32,
+    /// Repair when fewer than this many fragments count.
+    pub r: u32,
+    pub window: GoneWindow,
+}
+
+impl Policy {
+    /// The defaults for `k` of `n`: repair at [`default_threshold`].
+    pub fn new(k: u32, n: u32) -> Policy {
+        Policy {
+            k,
+            n,
+            r: default_threshold(k, n),
+            window: GoneWindow::DEFAULT,
+        }
+    }
+
+    /// Checks `k <= r <= n`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.r < self.k || self.r > self.n {
+            return Err(format!(
+                "the repair threshold must lie between k and n ({} and {}), not {}",
+                self.k, self.n, self.r
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Halfway between k and n, rounded up: 13 for 10 of 16, 3 for 2 of 4.
+/// ARCHITECTURE.md ("Maintenance") gives the simulator's figures behind it.
+pub fn default_threshold(k: u32, n: u32) -> u32 {
+    k + (n.saturating_sub(k) + 1) / 2
+}
+
+/// How a fragment's holder stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holder {
+    /// Connected now.
+    Up,
+    /// Away, for less than its gone window: still counts.
+    Away,
+    /// Away longer than its window: does not count, but its fragment
+    /// stays as a spare in case it returns.
+    Gone,
+    /// Said it lost the fragment, or failed an audit of it: dropped.
+    Failed,
+}
+
+impl Holder {
+    pub fn counts(self) -> bool {
+        matches!(self, Holder::Up | Holder::Away)
+    }
+}
+
+/// What to do with one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Positions (in the placement's fragment list) that leave it.
+    pub drop: Vec<usize>,
+    /// Of `drop`, the ones whose lease is cancelled (holders that still
+    /// keep the bytes and answer).
+    pub release: Vec<usize>,
+    /// Fresh fragments to make and place.
+    pub rebuild: u32,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.rebuild == 0
+    }
+}
+
+/// Decides for one object, given how each of its fragments' holders
+/// stands (with the fragment's index, lower first preferred for keeping:
+/// source fragments are read first).
+pub fn plan(fragments: &[(u32, Holder)], p: &Policy) -> Plan {
+    let mut out = Plan::default();
+    let counted = fragments.iter().filter(|(_, h)| h.counts()).count() as u32;
+    for (i, (_, h)) in fragments.iter().enumerate() {
+        if *h == Holder::Failed {
+            out.drop.push(i);
+        }
+    }
+    if counted < p.r {
+        out.rebuild = p.n - counted;
+    } else if counted > p.n {
+        // Surplus after returns: release away holders' first, then the
+        // highest indexes.
+        let mut extra: Vec<usize> = (0..fragments.len())
+            .filter(|i| fragments[*i].1.counts())
+            .collect();
+        extra.sort_by_key(|i| {
+            (
+                fragments[*i].1 == Holder::Up,
+                std::cmp::Reverse(fragments[*i].0),
+            )
+        });
+        extra.truncate((counted - p.n) as usize);
+        out.release.extend(&extra);
+        out.drop.extend(extra);
+    }
+    // Spares: at most n - k gone fragments stay, the lowest indexes.
+    let mut spares: Vec<usize> = (0..fragments.len())
+        .filter(|i| fragments[*i].1 == Holder::Gone)
+        .collect();
+    spares.sort_by_key(|i| fragments[*i].0);
+    out.drop
+        .extend(spares.into_iter().skip((p.n - p.k) as usize));
+    out.drop.sort_unstable();
+    out.release.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Holder::*;
+
+    fn frags(states: &[Holder]) -> Vec<(u32, Holder)> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i as u32, *h))
+            .collect()
+    }
+
+    #[test]
+    fn repair_waits_for_the_threshold() {
+        let p = Policy::new(10, 16);
+        assert_eq!(p.r, 13);
+        let mut s = vec![Up; 16];
+        assert!(plan(&frags(&s), &p).is_empty());
+        // Three away past their windows: 13 still count, nothing to do.
+        s[0] = Gone;
+        s[1] = Gone;
+        s[2] = Gone;
+        s[3] = Away;
+        assert!(plan(&frags(&s), &p).is_empty());
+        // A fourth: 12 count, rebuild to 16; the gone ones stay as spares.
+        s[4] = Gone;
+        let pl = plan(&frags(&s), &p);
+        assert_eq!(pl.rebuild, 4);
+        assert!(pl.drop.is_empty());
+    }
+
+    #[test]
+    fn returning_holders_count_again_and_the_surplus_is_released() {
+        let p = Policy::new(2, 4);
+        // Repaired earlier: 4 fresh fragments plus 2 spares of gone holders.
+        let mut s = frags(&[Gone, Gone, Up, Up, Up, Up]);
+        assert!(plan(&s, &p).is_empty());
+        // Both return: 6 count, the two highest indexes among the
+        // connected go.
+        s[0].1 = Up;
+        s[1].1 = Away;
+        let pl = plan(&s, &p);
+        assert_eq!(pl.rebuild, 0);
+        assert_eq!(pl.release, vec![1, 5]);
+        assert_eq!(pl.drop, vec![1, 5]);
+    }
+
+    #[test]
+    fn failed_fragments_go_and_spares_are_bounded() {
+        let p = Policy::new(2, 4);
+        let s = frags(&[Failed, Gone, Gone, Gone, Up, Up]);
+        let pl = plan(&s, &p);
+        assert_eq!(pl.rebuild, 2);
+        // Failed dropped, the third spare dropped (n - k = 2 kept), none
+        // released (their holders are not answering).
+        assert_eq!(pl.drop, vec![0, 3]);
+        assert!(pl.release.is_empty());
+        assert_eq!(default_threshold(2, 4), 3);
+        assert!(Policy { r: 5, ..p }.validate().is_err());
+    }
+}
