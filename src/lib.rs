@@ -25,5 +25,6 @@ pub mod recover;
 pub mod remote;
 pub mod root;
 pub mod settings;
+pub mod sim;
 pub mod store;
 pub mod vault;

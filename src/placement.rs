@@ -25,6 +25,16 @@ pub struct Candidate<P> {
 /// Picks a peer for each of `count` fragments of `fragment_len` bytes.
 /// `None` if no peer has room.
 pub fn choose<P: Clone>(cands: &[Candidate<P>], count: usize, fragment_len: u64) -> Option<Vec<P>> {
+    choose_with(cands, count, fragment_len, &mut rand::rng())
+}
+
+/// [`choose`] with the caller's random source (the simulator's is seeded).
+pub fn choose_with<P: Clone>(
+    cands: &[Candidate<P>],
+    count: usize,
+    fragment_len: u64,
+    rng: &mut impl rand::Rng,
+) -> Option<Vec<P>> {
     let mut usable: Vec<&Candidate<P>> = cands
         .iter()
         .filter(|c| c.available.is_none_or(|a| a >= fragment_len))
@@ -32,7 +42,7 @@ pub fn choose<P: Clone>(cands: &[Candidate<P>], count: usize, fragment_len: u64)
     if usable.is_empty() || count == 0 {
         return if count == 0 { Some(Vec::new()) } else { None };
     }
-    usable.shuffle(&mut rand::rng());
+    usable.shuffle(rng);
     usable.sort_by_key(|c| {
         (
             c.strikes.min(3),

@@ -50,6 +50,8 @@ pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
 /// Possession audits asked per pass at most (the budget decides how many
 /// are due; this bounds one pass after a long absence).
 const MAX_AUDITS_PER_PASS: usize = 256;
+/// A holder whose lease renewal failed is tried again after this long.
+const RENEW_RETRY: Duration = Duration::from_secs(300);
 /// A holder past its gone window is dialed first, and judged gone only if
 /// it is still unreachable this long after.
 const DIAL_GRACE: u64 = 60;
@@ -98,6 +100,17 @@ struct UploadState {
     last_refusal: Option<String>,
     /// (when, uploaded_bytes) over the last seconds, for the rate.
     samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// What the renewal loop remembers between passes of one mount.
+#[derive(Default)]
+struct RenewState {
+    /// Holders renewed since the mount.
+    this_mount: HashSet<Vec<u8>>,
+    /// Holders whose renewal failed, and when.
+    failed: HashMap<Vec<u8>, Instant>,
+    /// Holders not connected that were dialed, and when.
+    dialed: HashMap<Vec<u8>, Instant>,
 }
 
 /// Uploads as `status` shows them.
@@ -525,32 +538,25 @@ impl Remote {
         let period = (lease / 3).max(1);
         // Short checks against the wall clock, never one long sleep:
         // tokio's timers stop while the machine is suspended.
-        let check = Duration::from_secs(period.clamp(1, 60));
-        let retry = period.clamp(1, 300);
-        let mut failed_at: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-        // At a mount everything not renewed in the last few minutes is
-        // renewed: a vault mounted at least once per lease time, however
-        // briefly, keeps every lease.
-        let mut min_age = period.min(MOUNT_RENEW_AGE);
+        let check = Duration::from_secs(period.clamp(1, 60)).min(self.cfg.repair_every);
+        let mut st = RenewState::default();
         loop {
-            if let Err(e) = self.renew_due(min_age, retry, &mut failed_at).await {
+            if let Err(e) = self.renew_due(period, &mut st).await {
                 tracing::warn!("renewing leases: {e}");
-            } else {
-                min_age = period;
             }
             tokio::time::sleep(check).await;
         }
     }
 
-    /// One pass of [`renew_loop`]: renews the leases of every holder whose
-    /// last renewal is `min_age` seconds old or more (or was made for a
-    /// different lease time, or lies in the future: the clock went back).
-    async fn renew_due(
-        &self,
-        min_age: u64,
-        retry: u64,
-        failed_at: &mut std::collections::HashMap<Vec<u8>, u64>,
-    ) -> Result<(), String> {
+    /// One pass of [`renew_loop`](Self::renew_loop): renews the leases of
+    /// every holder that is due. At a mount everything not renewed in the
+    /// last few minutes is due (a vault mounted at least once per lease
+    /// time, however briefly, keeps every lease); after that, a holder is
+    /// due `period` after its last renewal (or when that renewal was for
+    /// another lease time, or lies in the future: the clock went back).
+    /// Holders not connected yet are dialed and tried at the next check;
+    /// a holder whose renewal failed is retried after [`RENEW_RETRY`].
+    async fn renew_due(&self, period: u64, st: &mut RenewState) -> Result<(), String> {
         let vault = self.vault.clone();
         let (all, mut renewed) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::vault::VaultError>((vault.all_placements()?, vault.lease_renewals()?))
@@ -569,24 +575,46 @@ impl Remote {
         let now = self.clock.now();
         let lease = self.lease_secs;
         for (peer_b, ids) in by_peer {
-            let due = renewal_due(renewed.get(&peer_b), now, lease, min_age);
-            let backing_off = failed_at.get(&peer_b).is_some_and(|t| now < t + retry);
-            if !due || backing_off {
+            let min_age = if st.this_mount.contains(&peer_b) {
+                period
+            } else {
+                period.min(MOUNT_RENEW_AGE)
+            };
+            if !renewal_due(renewed.get(&peer_b), now, lease, min_age) {
+                continue;
+            }
+            if st
+                .failed
+                .get(&peer_b)
+                .is_some_and(|t| t.elapsed() < RENEW_RETRY)
+            {
                 continue;
             }
             let Ok(peer) = PeerId::from_bytes(&peer_b) else {
                 continue;
             };
+            if !self.node.is_connected(&peer) {
+                if st
+                    .dialed
+                    .get(&peer_b)
+                    .is_none_or(|t| t.elapsed() > RENEW_RETRY)
+                {
+                    st.dialed.insert(peer_b.clone(), Instant::now());
+                    self.node.find_peer(peer);
+                }
+                continue;
+            }
             match self.renew_on(peer, &peer_b, &ids).await {
                 Ok(()) => {
                     tracing::info!(%peer, "renewed leases of {} fragments", ids.len());
-                    failed_at.remove(&peer_b);
+                    st.failed.remove(&peer_b);
+                    st.this_mount.insert(peer_b.clone());
                     renewed.insert(peer_b, crate::vault::Renewal { at: now, lease });
                     changed = true;
                 }
                 Err(e) => {
                     tracing::info!(%peer, "renewing leases failed (will retry): {e}");
-                    failed_at.insert(peer_b, now);
+                    st.failed.insert(peer_b, Instant::now());
                 }
             }
         }

@@ -2,8 +2,6 @@
 //! a vault (engine API, no FUSE) uploading to them, failing and lying peers,
 //! and malformed protocol messages.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drizzle::coder;
@@ -14,114 +12,8 @@ use drizzle::remote::{fetch_object, Remote, RemoteConfig};
 use drizzle::vault::records::{FragmentLoc, Placement};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 
+use crate::inproc::{cluster, loopback, runtime, start_nodes, write_file, Stopper};
 use crate::support::{pattern, wait_for};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
-}
-
-/// Starts `faults.len()` nodes; each bootstraps from the first.
-async fn start_nodes(dir: &Path, faults: &[Option<Fault>], donate: u64) -> Vec<NodeHandle> {
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    for (i, fault) in faults.iter().enumerate() {
-        let mut cfg = NodeConfig::new(dir.join(format!("node-{i}")), donate);
-        cfg.listen = vec![loopback()];
-        cfg.fault = *fault;
-        if let Some(first) = nodes.first() {
-            cfg.peers = first.listen_addrs();
-        }
-        nodes.push(NodeHandle::start(cfg).await.unwrap());
-    }
-    nodes
-}
-
-/// Stops every node when dropped (even if the test fails).
-struct Stopper(Vec<NodeHandle>);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            n.stop();
-        }
-    }
-}
-
-/// A vault (engine API, no disk cache) with its own node bootstrapped from
-/// `peers`, uploading through a `Remote`.
-fn online_vault(
-    rt: &tokio::runtime::Runtime,
-    dir: &Path,
-    peers: Vec<Multiaddr>,
-    rcfg: RemoteConfig,
-) -> (Arc<Vault>, NodeHandle, Arc<Remote>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let keys = || VaultKeys::from_master(&[7u8; 32]);
-    Vault::create(dir, &keys(), 0, 0).unwrap();
-    let opts = VaultOptions {
-        disk_cache: 0,
-        idle_flush: Duration::from_millis(50),
-        ..Default::default()
-    };
-    let vault = Vault::open(dir, "cluster", keys(), opts).unwrap();
-    let mut cfg = NodeConfig::new(dir.join("node"), 0);
-    cfg.listen = vec![loopback()];
-    cfg.peers = peers;
-    let (vnode, remote) = rt.block_on(async {
-        let vnode = NodeHandle::start(cfg).await.unwrap();
-        let remote = Remote::start_with(vault.clone(), vnode.clone(), rcfg);
-        (vnode, remote)
-    });
-    (vault, vnode, remote)
-}
-
-/// `count` storage nodes and a vault (with its own node) that has found
-/// them all; every node stops when this is dropped.
-struct Cluster {
-    nodes: Vec<NodeHandle>,
-    vault: Arc<Vault>,
-    vnode: NodeHandle,
-    remote: Arc<Remote>,
-    _stop: Stopper,
-}
-
-fn cluster(rt: &tokio::runtime::Runtime, dir: &Path, count: usize, rcfg: RemoteConfig) -> Cluster {
-    let nodes = rt.block_on(start_nodes(dir, &vec![None; count], 1 << 30));
-    let mut stop = Stopper(nodes.clone());
-    let (vault, vnode, remote) =
-        online_vault(rt, &dir.join("vault"), nodes[0].listen_addrs(), rcfg);
-    stop.0.push(vnode.clone());
-    // Kademlia finds the whole cluster from one bootstrap address.
-    wait_for("peer discovery", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= count
-    });
-    Cluster {
-        nodes,
-        vault,
-        vnode,
-        remote,
-        _stop: stop,
-    }
-}
-
-/// Writes a file through the vault API.
-fn write_file(vault: &Vault, name: &str, data: &[u8]) -> u64 {
-    let ino = vault
-        .mknod(ROOT_INO, name.as_bytes(), Kind::File, 0o644, 0, 0, 0, None)
-        .unwrap()
-        .0;
-    vault.open_file(ino).unwrap();
-    vault.write(ino, 0, data).unwrap();
-    vault.release(ino).unwrap();
-    ino
-}
 
 #[test]
 fn cluster_of_twelve_survives_losing_n_minus_k_holders() {

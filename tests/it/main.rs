@@ -6,6 +6,8 @@ mod cli;
 mod cluster;
 mod data;
 mod faultfs;
+mod inproc;
+mod months;
 mod network;
 mod posix;
 mod reallife;

@@ -17,6 +17,8 @@ use crate::net::{Multiaddr, NodeConfig};
 use crate::settings::Settings;
 use crate::vault::{Vault, VaultOptions};
 
+pub mod simulate;
+
 #[derive(Parser)]
 #[command(name = "drizzle", version, about = "A peer-to-peer encrypted cloud drive", long_about = None)]
 pub struct Cli {
@@ -293,6 +295,12 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS")]
         seconds: Option<u64>,
     },
+    /// Simulate months of churn: many nodes coming and going, lazy repair,
+    /// leases and audits, with the daemon's own decision code.
+    #[command(
+        after_help = "Examples:\n  drizzle simulate --model --nodes 1000 --objects 10000 --days 90\n  drizzle simulate --model --out report/   # report.json and report.svg"
+    )]
+    Simulate(simulate::SimulateArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  drizzle completions bash > /etc/bash_completion.d/drizzle\n  drizzle completions zsh > \"${fpath[1]}/_drizzle\""
@@ -499,7 +507,7 @@ pub fn apply_settings(cmd: &mut Cmd, s: &Settings) {
         Cmd::Status { common: c, .. }
         | Cmd::Sync { common: c, .. }
         | Cmd::Umount { common: c, .. } => common(c, s),
-        Cmd::Demo { .. } | Cmd::Completions { .. } => {}
+        Cmd::Demo { .. } | Cmd::Completions { .. } | Cmd::Simulate(_) => {}
     }
 }
 
@@ -560,6 +568,7 @@ pub fn run(mut cli: Cli, settings: &Settings) -> anyhow::Result<()> {
             mountpoint,
         } => umount(&mountpoint),
         Cmd::Demo { dir, seconds } => crate::demo::run(dir, seconds),
+        Cmd::Simulate(args) => simulate::simulate(&args),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -1,0 +1,157 @@
+//! `drizzle simulate`: the churn simulator from the command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::sim::{self, SimConfig};
+
+/// Arguments of `drizzle simulate`.
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// Many nodes and objects, no payloads (the only mode so far).
+    #[arg(long)]
+    pub model: bool,
+    /// Parameters in a TOML file (fields of the report's `config`); flags
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub days: Option<f64>,
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    #[arg(long)]
+    pub objects: Option<u32>,
+    #[arg(long)]
+    pub k: Option<u32>,
+    #[arg(long)]
+    pub n: Option<u32>,
+    /// Repair threshold (default: halfway between k and n).
+    #[arg(long)]
+    pub r: Option<u32>,
+    /// The same gone window for every holder, in hours (default: per
+    /// holder, from its uptime history).
+    #[arg(long, value_name = "HOURS")]
+    pub window_hours: Option<f64>,
+    /// Hours a day the owners are online.
+    #[arg(long, value_name = "HOURS")]
+    pub owner_hours: Option<f64>,
+    /// Write report.json and report.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SimulateArgs {
+    /// The configuration: defaults, then the file, then the flags.
+    pub fn sim_config(&self) -> anyhow::Result<SimConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("bad simulation config {}", p.display()))?
+            }
+            None => SimConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { cfg.$f = v; })* };
+        }
+        set!(seed, days, nodes, objects, k, n);
+        if self.r.is_some() {
+            cfg.r = self.r;
+        }
+        if let Some(h) = self.window_hours {
+            cfg.window = crate::maint::GoneWindow::fixed((h * 3600.0) as u64);
+        }
+        if let Some(h) = self.owner_hours {
+            cfg.owner = sim::OwnerSchedule {
+                period_hours: 24.0,
+                online_hours: h.clamp(0.0, 24.0),
+            };
+        }
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("bad simulation parameters: {e}"))?;
+        Ok(cfg)
+    }
+}
+
+/// Runs `drizzle simulate`.
+pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
+    if !args.model {
+        bail!("choose a mode: --model (many simulated nodes, no payloads)");
+    }
+    let cfg = args.sim_config()?;
+    let bar = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let days = cfg.days as u32;
+    let report = sim::model::run_with_progress(&cfg, |d| {
+        if bar {
+            eprint!("\rsimulating day {d}/{days}");
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if bar {
+        eprintln!();
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.json"), &json)?;
+        std::fs::write(dir.join("report.svg"), sim::plot::svg(&report))?;
+    }
+    if args.json {
+        println!("{json}");
+        return Ok(());
+    }
+    let r = &report;
+    let [lo, hi] = r.loss_per_object_year_ci99;
+    println!(
+        "{} objects on {} nodes for {} days (k={} n={} r={}, seed {}), {:.1} s",
+        r.config.objects,
+        r.config.nodes,
+        r.config.days,
+        r.config.k,
+        r.config.n,
+        r.config.policy().r,
+        r.config.seed,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "lost objects:          {} ({:.2e} per object-year, 99% interval {:.2e} to {:.2e})",
+        r.lost_objects, r.loss_per_object_year, lo, hi
+    );
+    println!(
+        "Markov estimate:       {:.2e} per year (holders lost {:.4}/day, repaired {:.1} h after falling below r)",
+        r.markov_loss_per_year, r.departure_rate_per_day, r.mean_repair_latency_hours
+    );
+    println!(
+        "read availability:     {:.4} ({} samples)",
+        r.read_availability, r.availability_samples
+    );
+    println!(
+        "repairs:               {} ({} fragments), {:.2} x the stored bytes a year, {} per node a year",
+        r.repairs,
+        r.fragments_rebuilt,
+        r.repair_per_user_byte_year,
+        super::human_bytes(r.repair_bytes_per_node_per_year as u64)
+    );
+    println!(
+        "leftovers:             peak {}, mean {}; lease expiries {}; departures {}",
+        super::human_bytes(r.leftover_bytes_peak),
+        super::human_bytes(r.leftover_bytes_mean as u64),
+        r.lease_expiries,
+        r.node_departures
+    );
+    if let Some(dir) = &args.out {
+        println!("report: {}", dir.join("report.json").display());
+        println!("plot:   {}", dir.join("report.svg").display());
+    }
+    Ok(())
+}
