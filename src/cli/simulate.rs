@@ -16,7 +16,7 @@ pub struct SimulateArgs {
     /// Parameters in a TOML file (fields of the report's `config`); flags
     /// override it.
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub params: Option<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct SimulateArgs {
 impl SimulateArgs {
     /// The configuration: defaults, then the file, then the flags.
     pub fn sim_config(&self) -> anyhow::Result<SimConfig> {
-        let mut cfg = match &self.config {
+        let mut cfg = match &self.params {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?;

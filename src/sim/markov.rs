@@ -28,13 +28,18 @@ pub fn loss_probability(k: u32, n: u32, r: u32, lambda: f64, mu: f64, horizon: f
         }
     }
     let rate = (0..states).map(|s| -q[s][s]).fold(0.0, f64::max);
-    if rate == 0.0 {
+    if rate == 0.0 || horizon <= 0.0 {
         return 0.0;
     }
-    // Steps short enough that each one's Poisson series converges fast.
-    let steps = (rate * horizon / 8.0).ceil().max(1.0) as u64;
-    let h = horizon / steps as f64;
-    // Uniformized transition matrix P = I + Q / rate.
+    // exp(Q T) by scaling and squaring: exp(Q h) for a step h short enough
+    // that its uniformized series converges in a few terms, then squared
+    // back up to T. Every term and product is nonnegative (P = I + Q/rate
+    // is a stochastic matrix), so tiny probabilities keep their precision.
+    let mut squarings = 0;
+    while rate * horizon / 2f64.powi(squarings) > 0.5 {
+        squarings += 1;
+    }
+    let h = horizon / 2f64.powi(squarings);
     let p: Vec<Vec<f64>> = (0..states)
         .map(|i| {
             (0..states)
@@ -42,38 +47,41 @@ pub fn loss_probability(k: u32, n: u32, r: u32, lambda: f64, mu: f64, horizon: f
                 .collect()
         })
         .collect();
-    let step = |v: &[f64]| -> Vec<f64> {
-        // v * exp(Q h) = sum_m Poisson(m; rate h) v P^m
-        let lam = rate * h;
-        let mut term = v.to_vec();
-        let mut weight = (-lam).exp();
-        let mut out: Vec<f64> = term.iter().map(|x| x * weight).collect();
-        for m in 1..200 {
-            let mut next = vec![0.0; states];
-            for (i, ti) in term.iter().enumerate() {
-                if *ti != 0.0 {
-                    for (j, pij) in p[i].iter().enumerate() {
-                        next[j] += ti * pij;
-                    }
-                }
-            }
-            term = next;
-            weight *= lam / m as f64;
-            for (o, t) in out.iter_mut().zip(&term) {
-                *o += t * weight;
-            }
-            if weight < 1e-18 && m as f64 > lam {
-                break;
+    let mul = |a: &[Vec<f64>], b: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        (0..states)
+            .map(|i| {
+                (0..states)
+                    .map(|j| (0..states).map(|m| a[i][m] * b[m][j]).sum())
+                    .collect()
+            })
+            .collect()
+    };
+    let lam = rate * h;
+    let mut term: Vec<Vec<f64>> = (0..states)
+        .map(|i| {
+            (0..states)
+                .map(|j| if i == j { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let mut weight = (-lam).exp();
+    let mut e: Vec<Vec<f64>> = term
+        .iter()
+        .map(|row| row.iter().map(|x| x * weight).collect())
+        .collect();
+    for m in 1..40 {
+        term = mul(&term, &p);
+        weight *= lam / m as f64;
+        for (er, tr) in e.iter_mut().zip(&term) {
+            for (x, t) in er.iter_mut().zip(tr) {
+                *x += t * weight;
             }
         }
-        out
-    };
-    let mut v = vec![0.0; states];
-    v[0] = 1.0;
-    for _ in 0..steps {
-        v = step(&v);
     }
-    v[lost].clamp(0.0, 1.0)
+    for _ in 0..squarings {
+        e = mul(&e, &e);
+    }
+    e[0][lost].clamp(0.0, 1.0)
 }
 
 /// Probability that at least `k` of independent holders are up, each with

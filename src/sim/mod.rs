@@ -37,7 +37,7 @@ pub struct NodeClass {
 }
 
 /// Correlated outages: nodes are grouped into subnets that go down
-/// together (a home router, an ISP).
+/// together (a home router, an ISP). `per_month = 0` turns them off.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outages {
@@ -90,7 +90,7 @@ pub struct SimConfig {
     pub repair_delay: RepairDelay,
     pub owner: OwnerSchedule,
     pub classes: Vec<NodeClass>,
-    pub outages: Option<Outages>,
+    pub outages: Outages,
     /// Read availability is sampled this often while the owner is online.
     pub sample_hours: f64,
     /// Keep every repair decision in the report (for trace comparisons).
@@ -132,11 +132,11 @@ impl Default for SimConfig {
                 class("desktop", 0.45, 0.6, 10.0),
                 class("laptop", 0.40, 0.3, 3.0),
             ],
-            outages: Some(Outages {
+            outages: Outages {
                 subnet_size: 50,
                 per_month: 0.5,
                 hours: 6.0,
-            }),
+            },
             sample_hours: 1.0,
             record_decisions: false,
         }
@@ -171,6 +171,12 @@ impl SimConfig {
                 self.n * 2,
                 self.n
             ));
+        }
+        if self.outages.subnet_size == 0 || self.outages.per_month < 0.0 || self.outages.hours < 0.0
+        {
+            return Err(
+                "outages: subnet_size must be positive, per_month and hours not negative".into(),
+            );
         }
         if self.days <= 0.0 || self.lease_days <= 0.0 || self.sample_hours <= 0.0 {
             return Err("days, lease_days and sample_hours must be positive".into());

@@ -328,11 +328,7 @@ impl Sim {
 
     fn populate(&mut self) {
         let total: f64 = self.cfg.classes.iter().map(|c| c.share).sum();
-        let subnet_size = self
-            .cfg
-            .outages
-            .as_ref()
-            .map_or(64, |o| o.subnet_size.max(1));
+        let subnet_size = self.cfg.outages.subnet_size.max(1);
         let subnets = self.cfg.nodes.div_ceil(subnet_size);
         self.subnets = vec![Vec::new(); subnets as usize];
         let mut acc = 0.0;
@@ -348,12 +344,11 @@ impl Sim {
             }
             self.add_node(class as u16, i / subnet_size);
         }
-        if let Some(o) = self.cfg.outages.clone() {
-            if o.per_month > 0.0 {
-                for s in 0..subnets {
-                    let t = exp(&mut self.rng, 30.0 * DAY as f64 / o.per_month);
-                    self.at(t, Ev::OutageStart(s));
-                }
+        let o = self.cfg.outages.clone();
+        if o.per_month > 0.0 && o.hours > 0.0 {
+            for s in 0..subnets {
+                let t = exp(&mut self.rng, 30.0 * DAY as f64 / o.per_month);
+                self.at(t, Ev::OutageStart(s));
             }
         }
         // Every object is uploaded at the start onto nodes that are up.
@@ -438,7 +433,7 @@ impl Sim {
             }
             Ev::Depart(id) => self.depart(id),
             Ev::OutageStart(s) => {
-                let o = self.cfg.outages.clone().expect("outages configured");
+                let o = self.cfg.outages.clone();
                 for id in self.subnets[s as usize].clone() {
                     self.nodes[id as usize].outages += 1;
                     self.refresh(id);

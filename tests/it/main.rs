@@ -13,4 +13,5 @@ mod posix;
 mod reallife;
 mod recovery;
 mod service;
+mod simulate;
 mod support;

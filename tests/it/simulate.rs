@@ -1,0 +1,201 @@
+//! The churn simulator: checked against the closed-form Markov model, and
+//! run through the `drizzle` binary as users and scripts do.
+
+use std::process::Command;
+
+use drizzle::maint::GoneWindow;
+use drizzle::sim::{self, markov, NodeClass, Outages, OwnerSchedule, RepairDelay, SimConfig};
+
+use crate::support::bin as drizzle_bin;
+
+/// Holders that never go down and leave at `lambda` a day, loss noticed at
+/// once, repairs done after an exponential delay of mean `1 / mu` days:
+/// the Markov chain's assumptions. Many more nodes than fragments per
+/// object: objects that share holders share their departures, and with few
+/// nodes the run-to-run spread of the departure count (not the binomial
+/// spread the interval assumes) would dominate.
+fn markov_world(k: u32, n: u32, r: u32, lambda: f64, mu: f64, days: f64, seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        days,
+        nodes: 20_000,
+        objects: 20_000,
+        k,
+        n,
+        r: Some(r),
+        window: GoneWindow::fixed(0),
+        lease_days: 10_000.0,
+        repair_delay: RepairDelay::Exponential {
+            mean_hours: 24.0 / mu,
+        },
+        owner: OwnerSchedule {
+            period_hours: 24.0,
+            online_hours: 24.0,
+        },
+        classes: vec![NodeClass {
+            name: "steady".into(),
+            share: 1.0,
+            availability: 1.0,
+            session_hours: 24.0,
+            departures_per_month: lambda * 30.0,
+        }],
+        outages: Outages {
+            subnet_size: 50,
+            per_month: 0.0,
+            hours: 0.0,
+        },
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn the_model_agrees_with_the_markov_chain() {
+    let configs = [
+        (2, 4, 3, 0.01, 1.0, 365.0),
+        (3, 6, 4, 0.02, 0.5, 365.0),
+        (4, 8, 6, 0.03, 0.3, 180.0),
+        (2, 5, 3, 0.005, 0.1, 365.0),
+        (5, 10, 8, 0.05, 1.0, 180.0),
+    ];
+    for (i, (k, n, r, lambda, mu, days)) in configs.into_iter().enumerate() {
+        let cfg = markov_world(k, n, r, lambda, mu, days, 100 + i as u64);
+        let report = sim::model::run(&cfg).unwrap();
+        let want = markov::loss_probability(k, n, r, lambda, mu, days);
+        let [lo, hi] = report.lost_fraction_ci99;
+        assert!(
+            lo <= want && want <= hi,
+            "k={k} n={n} r={r} lambda={lambda} mu={mu}: simulated {} lost (99% {lo:.4}..{hi:.4}), the chain says {want:.4}",
+            report.lost_fraction
+        );
+        assert!(report.repairs > 0 && report.lost_objects > 0);
+    }
+}
+
+#[test]
+fn no_churn_means_no_repairs_no_losses_and_no_expiries() {
+    let mut cfg = markov_world(10, 16, 13, 0.0, 1.0, 120.0, 7);
+    // The owner online 8 hours a day renews every lease in time.
+    cfg.owner = OwnerSchedule {
+        period_hours: 24.0,
+        online_hours: 8.0,
+    };
+    cfg.lease_days = 30.0;
+    cfg.window = GoneWindow::DEFAULT;
+    let r = sim::model::run(&cfg).unwrap();
+    assert_eq!(
+        (
+            r.repairs,
+            r.lost_objects,
+            r.lease_expiries,
+            r.leftover_bytes_peak
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(r.read_availability, 1.0);
+}
+
+#[test]
+fn a_vault_mounted_minutes_every_nine_days_sees_no_lease_expiry() {
+    let mut cfg = markov_world(10, 16, 13, 0.0, 1.0, 120.0, 8);
+    cfg.owner = OwnerSchedule {
+        period_hours: 9.0 * 24.0,
+        online_hours: 0.1,
+    };
+    cfg.lease_days = 30.0;
+    let r = sim::model::run(&cfg).unwrap();
+    assert_eq!((r.lease_expiries, r.lost_objects), (0, 0));
+    // Mounted every 40 days instead: the leases run out.
+    cfg.owner.period_hours = 40.0 * 24.0;
+    let r = sim::model::run(&cfg).unwrap();
+    assert!(r.lease_expiries > 0);
+}
+
+/// A node that is away less than its gone window costs no repair; one away
+/// for good is repaired once enough of an object's holders are gone.
+#[test]
+fn short_absences_cost_nothing_and_departures_are_repaired_at_the_threshold() {
+    let mut cfg = markov_world(4, 8, 6, 0.0, 1.0, 60.0, 9);
+    cfg.window = GoneWindow::fixed(48 * 3600);
+    cfg.repair_delay = RepairDelay::Transfer;
+    cfg.classes[0].availability = 0.9;
+    cfg.classes[0].session_hours = 20.0;
+    let quiet = sim::model::run(&cfg).unwrap();
+    assert_eq!(
+        quiet.repairs, 0,
+        "absences of about 2 hours triggered repairs"
+    );
+    cfg.classes[0].departures_per_month = 0.3;
+    cfg.record_decisions = true;
+    let churn = sim::model::run(&cfg).unwrap();
+    assert!(churn.repairs > 0);
+    // Each repair rebuilt at least n - (r - 1) fragments: it waited for the
+    // threshold instead of replacing holders one by one.
+    assert!(churn
+        .decisions
+        .iter()
+        .all(|d| d.rebuilt == 0 || d.rebuilt >= 3));
+}
+
+fn run_cli(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(drizzle_bin())
+        .args(["simulate", "--model", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report_and_another_seed_another() {
+    let args = ["--nodes", "400", "--objects", "4000", "--days", "60"];
+    let a = run_cli(&[&args[..], &["--seed", "5"]].concat());
+    let b = run_cli(&[&args[..], &["--seed", "5"]].concat());
+    let c = run_cli(&[&args[..], &["--seed", "6"]].concat());
+    assert_eq!(a, b);
+    assert_ne!(a["series"], c["series"]);
+    assert!(a["repairs"].as_u64().unwrap() > 0);
+    assert_eq!(a["series"].as_array().unwrap().len(), 60);
+    // The plot and the JSON land in --out.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(drizzle_bin())
+        .args([
+            "simulate",
+            "--model",
+            "--nodes",
+            "200",
+            "--objects",
+            "1000",
+            "--days",
+            "10",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<path"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("read availability"), "{text}");
+}
+
+#[test]
+fn bad_parameters_get_a_clear_error() {
+    let out = Command::new(drizzle_bin())
+        .args(["simulate", "--model", "--k", "10", "--n", "16", "--r", "17"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("repair threshold"), "{err}");
+    let out = Command::new(drizzle_bin())
+        .args(["simulate"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+}
