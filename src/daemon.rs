@@ -141,6 +141,9 @@ pub struct SyncStatus {
     pub disk_cache_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_upload_error: Option<String>,
+    /// Read availability and loss, estimated from the holders' uptime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<crate::maint::health::Durability>,
 }
 
 pub fn node_status(node: &NodeHandle) -> NodeStatus {
@@ -639,7 +642,8 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
     };
     if let Some(m) = &ctx.mount {
         let (v, r) = (m.vault.clone(), m.remote.clone());
-        let (stats, health) = tokio::task::spawn_blocking(move || (v.stats(), r.health())).await?;
+        let (stats, health, durability) =
+            tokio::task::spawn_blocking(move || (v.stats(), r.health(), r.durability())).await?;
         let (k, n) = m.remote.redundancy();
         let UploadBacklog { objects, bytes } = m.vault.upload_backlog();
         st.vault = Some(m.vault.name().to_string());
@@ -654,6 +658,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Status> {
             activity: m.remote.activity(),
             disk_cache_bytes: m.vault.disk_cache_bytes(),
             last_upload_error: m.remote.last_error(),
+            durability: durability.ok(),
         });
         let r = m.remote.clone();
         st.metadata = Some(tokio::task::spawn_blocking(move || r.metadata_status()).await?);

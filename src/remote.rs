@@ -1049,6 +1049,47 @@ impl Remote {
         self.health_of(self.vault.placements().map_err(|e| e.to_string())?)
     }
 
+    /// Read availability, yearly loss and objects at or below the repair
+    /// threshold, estimated from the measured uptime of the holders of a
+    /// sample of the objects (see [`crate::maint::health`]).
+    pub fn durability(&self) -> Result<maint::health::Durability, String> {
+        use rand::seq::IndexedRandom;
+        let all = self.vault.placements().map_err(|e| e.to_string())?;
+        let sample: Vec<&(ObjectId, Placement)> = all
+            .choose_multiple(&mut rand::rng(), maint::health::SAMPLE)
+            .collect();
+        let peers = self.node.peers();
+        let now = self.clock.now();
+        let missing = self.state().missing.clone();
+        let window = self.cfg.window;
+        let objects: Vec<Vec<maint::health::HolderView>> = sample
+            .iter()
+            .map(|(_, p)| {
+                p.fragments
+                    .iter()
+                    .map(|f| {
+                        let id = PeerId::from_bytes(&f.peer).ok();
+                        let up = id
+                            .and_then(|i| self.node.uptime(&i))
+                            .unwrap_or_else(|| Uptime {
+                                away: now.saturating_sub(self.started_at),
+                                ..Default::default()
+                            });
+                        let connected =
+                            id.is_some_and(|i| peers.get(&i).is_some_and(|p| p.connected()));
+                        maint::health::HolderView {
+                            availability: up.availability(),
+                            counts: !missing.contains(&(f.peer.clone(), f.id))
+                                && (connected || !up.is_gone(&window)),
+                            window: up.gone_window(&window),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(maint::health::estimate(&objects, &self.policy()))
+    }
+
     /// Redundancy of the metadata objects the published root names.
     pub fn metadata_health(&self) -> Result<Health, String> {
         self.health_of(

@@ -1144,6 +1144,23 @@ fn status(common: &Common, json: bool) -> anyhow::Result<()> {
                 sy.activity.spread_objects
             );
         }
+        if let Some(d) = sy.durability.filter(|d| d.objects > 0) {
+            println!(
+                "durability  reads find {} fragments {:.2}% of the time (holders up {:.0}% on \
+                 average); estimated yearly loss {:.1e} per object",
+                sy.k,
+                d.read_availability * 100.0,
+                d.holder_availability * 100.0,
+                d.yearly_loss
+            );
+            if d.at_or_below_threshold > 0 {
+                println!(
+                    "WARNING     {} objects are down to {} or fewer counting holders: they are \
+                     rebuilt below {}; keep the vault mounted until status shows none",
+                    d.at_or_below_threshold, d.repair_threshold, d.repair_threshold
+                );
+            }
+        }
         let a = &sy.activity;
         let moving = if a.upload_rate > 0.0 && sy.pending_upload_bytes > 0 {
             format!(

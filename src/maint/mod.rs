@@ -5,7 +5,9 @@
 
 pub mod audit;
 pub mod clock;
+pub mod health;
 pub mod history;
+pub mod markov;
 pub mod policy;
 
 pub use clock::{Clock, SimClock, SystemClock};

@@ -8,10 +8,9 @@
 //! simulated nodes without payloads: an event queue of node sessions,
 //! departures, subnet outages, the owner's mount schedule, lease renewals
 //! and expiries, and repairs limited by the owner's bandwidth. Its output is
-//! a [`Report`] (JSON) and a plot ([`plot`]); [`markov`] is the closed form
+//! a [`Report`] (JSON) and a plot ([`plot`]); [`crate::maint::markov`] is the closed form
 //! it is checked against.
 
-pub mod markov;
 pub mod model;
 pub mod plot;
 

@@ -24,8 +24,8 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{markov, poisson99, wilson99, DayPoint, Decision, RepairDelay, Report, SimConfig};
-use crate::maint::{policy, Holder, Policy, Uptime};
+use super::{poisson99, wilson99, DayPoint, Decision, RepairDelay, Report, SimConfig};
+use crate::maint::{markov, policy, Holder, Policy, Uptime};
 use crate::placement::{self, Candidate};
 
 const HOUR: u64 = 3600;

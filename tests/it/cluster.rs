@@ -862,3 +862,34 @@ fn raw_kad_put(rt: &tokio::runtime::Runtime, via: &NodeHandle, key: &[u8; 32], v
         }
     });
 }
+
+/// `status`'s durability estimate follows the holders: full marks while
+/// every holder is up, a warning once an object is down to r holders that
+/// count (here nowhere to repair to: every node holds a fragment).
+#[test]
+fn durability_estimate_flags_objects_at_the_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut rcfg = RemoteConfig::new(2, 4);
+    rcfg.window = drizzle::maint::GoneWindow::fixed(1);
+    rcfg.repair_every = Duration::from_secs(1);
+    let c = cluster(&rt, tmp.path(), 4, rcfg);
+    write_file(&c.vault, "f", &pattern(1 << 20, 3));
+    c.vault.sync_all().unwrap();
+    rt.block_on(c.remote.wait_synced(|_| {})).unwrap();
+    let d = c.remote.durability().unwrap();
+    assert_eq!(
+        (d.objects, d.at_or_below_threshold, d.repair_threshold),
+        (1, 0, 3)
+    );
+    assert!(d.read_availability > 0.5 && d.yearly_loss < 1e-3, "{d:?}");
+    c.nodes[0].stop();
+    wait_for(
+        "the holder to count as gone",
+        Duration::from_secs(60),
+        || c.remote.durability().unwrap().at_or_below_threshold == 1,
+    );
+    let after = c.remote.durability().unwrap();
+    assert!(after.read_availability < d.read_availability);
+    assert!(after.yearly_loss > d.yearly_loss);
+}

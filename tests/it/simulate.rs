@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use drizzle::maint::GoneWindow;
-use drizzle::sim::{self, markov, NodeClass, Outages, OwnerSchedule, RepairDelay, SimConfig};
+use drizzle::maint::{markov, GoneWindow};
+use drizzle::sim::{self, NodeClass, Outages, OwnerSchedule, RepairDelay, SimConfig};
 
 use crate::support::bin as drizzle_bin;
 

@@ -10,7 +10,25 @@
 /// Probability that an object starting with `n` fragments is lost within
 /// `horizon` days. Rates are per day.
 pub fn loss_probability(k: u32, n: u32, r: u32, lambda: f64, mu: f64, horizon: f64) -> f64 {
+    loss_probability_from(k, n, r, lambda, mu, horizon, n)
+}
+
+/// Like [`loss_probability`], for an object that has `start` surviving
+/// fragments now (below `k`: already lost).
+pub fn loss_probability_from(
+    k: u32,
+    n: u32,
+    r: u32,
+    lambda: f64,
+    mu: f64,
+    horizon: f64,
+    start: u32,
+) -> f64 {
     assert!(k >= 1 && k <= r && r <= n);
+    if start < k {
+        return 1.0;
+    }
+    let from = (n - start.min(n)) as usize;
     // States 0 ..= n - k + 1: index s means n - s fragments; the last is
     // the loss state.
     let states = (n - k + 2) as usize;
@@ -31,6 +49,7 @@ pub fn loss_probability(k: u32, n: u32, r: u32, lambda: f64, mu: f64, horizon: f
     if rate == 0.0 || horizon <= 0.0 {
         return 0.0;
     }
+    debug_assert!(from < lost);
     // exp(Q T) by scaling and squaring: exp(Q h) for a step h short enough
     // that its uniformized series converges in a few terms, then squared
     // back up to T. Every term and product is nonnegative (P = I + Q/rate
@@ -81,7 +100,7 @@ pub fn loss_probability(k: u32, n: u32, r: u32, lambda: f64, mu: f64, horizon: f
     for _ in 0..squarings {
         e = mul(&e, &e);
     }
-    e[0][lost].clamp(0.0, 1.0)
+    e[from][lost].clamp(0.0, 1.0)
 }
 
 /// Probability that at least `k` of independent holders are up, each with
@@ -136,6 +155,10 @@ mod tests {
         assert!((1e-3..5e-3).contains(&p(13, 1.0 / 7.0)));
         assert!((1e-7..3e-7).contains(&p(13, 4.0)));
         assert!((2e-7..5e-7).contains(&p(14, 1.0)));
+        // Fewer survivors now, likelier loss; below k it is lost.
+        let from = |s| loss_probability_from(10, 16, 13, lambda, 1.0, 365.0, s);
+        assert!(from(11) > from(13) && from(13) > from(16));
+        assert_eq!(from(9), 1.0);
         // Read availability: 23% at 50%, 97.3% at 80%, 99.95% at 90%.
         let at = |a: f64| read_availability(10, &[a; 16]);
         assert!((at(0.5) - 0.227).abs() < 0.005);
