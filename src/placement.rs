@@ -3,8 +3,10 @@
 //!
 //! Policy: never the vault's own node (the caller leaves it out); skip peers
 //! known to be too full; prefer peers with fewer strikes (bad data, failed
-//! requests), then lower latency (in 10 ms buckets, so near-equal peers
-//! share load at random); one fragment per peer while peers last, then
+//! requests), then peers that are up more of the time (measured uptime, in
+//! 10% buckets: what keeps reads working and repairs rare on home peers),
+//! then lower latency (in 10 ms buckets, so near-equal peers share load at
+//! random); one fragment per peer while peers last, then
 //! round-robin over the chosen peers (a small network: `status` reports the
 //! shortfall).
 
@@ -20,6 +22,8 @@ pub struct Candidate<P> {
     pub available: Option<u64>,
     pub rtt: Option<Duration>,
     pub strikes: u32,
+    /// Measured fraction of time up, if known.
+    pub availability: Option<f64>,
 }
 
 /// Picks a peer for each of `count` fragments of `fragment_len` bytes.
@@ -46,6 +50,8 @@ pub fn choose_with<P: Clone>(
     usable.sort_by_key(|c| {
         (
             c.strikes.min(3),
+            // Unknown uptime ranks as 50%.
+            10 - (c.availability.unwrap_or(0.5).clamp(0.0, 1.0) * 10.0) as u32,
             c.rtt.map_or(u128::MAX, |r| r.as_millis() / 10),
         )
     });
@@ -85,6 +91,7 @@ mod tests {
             available,
             rtt: Some(Duration::from_millis(rtt_ms)),
             strikes,
+            availability: None,
         }
     }
 
@@ -114,6 +121,25 @@ mod tests {
         let p = choose(&cands, 4, 1000).unwrap();
         assert!(!p.contains(&1));
         assert_eq!(p[3], 3);
+    }
+
+    #[test]
+    fn peers_up_more_of_the_time_come_first() {
+        let mut cands: Vec<_> = (0..6).map(|i| cand(i, Some(1 << 30), 1, 0)).collect();
+        let measured = [
+            Some(0.3),
+            Some(0.98),
+            None,
+            Some(0.99),
+            Some(0.2),
+            Some(0.6),
+        ];
+        for (c, a) in cands.iter_mut().zip(measured) {
+            c.availability = a;
+        }
+        let mut p = choose(&cands, 3, 1000).unwrap();
+        p.sort();
+        assert_eq!(p, vec![1, 3, 5]);
     }
 
     #[test]

@@ -382,6 +382,7 @@ impl Remote {
             .into_iter()
             .filter(|(id, _)| !exclude.contains(id))
             .map(|(peer, info)| Candidate {
+                availability: self.node.uptime(&peer).map(|u| u.availability()),
                 peer,
                 available: info.capacity.map(|c| c.available),
                 rtt: info.rtt,
@@ -735,7 +736,7 @@ impl Remote {
             away: now.saturating_sub(self.started_at),
             ..Default::default()
         });
-        if !up.is_gone(&self.cfg.window) {
+        if !up.is_gone(&self.cfg.window, now) {
             return Holder::Away;
         }
         let grace = DIAL_GRACE.min(self.cfg.window.min.max(1));
@@ -835,15 +836,12 @@ impl Remote {
 
     /// The decisions of repair, from the configuration.
     pub fn policy(&self) -> Policy {
-        Policy {
-            k: self.k,
-            n: self.n,
-            r: self
-                .cfg
-                .repair_threshold
-                .unwrap_or_else(|| maint::policy::default_threshold(self.k, self.n)),
-            window: self.cfg.window,
+        let mut p = Policy::new(self.k, self.n);
+        if let Some(r) = self.cfg.repair_threshold {
+            p.r = r;
         }
+        p.window = self.cfg.window;
+        p
     }
 
     /// Asks the repair loop for a pass now (without audits).
@@ -1080,7 +1078,7 @@ impl Remote {
                         maint::health::HolderView {
                             availability: up.availability(),
                             counts: !missing.contains(&(f.peer.clone(), f.id))
-                                && (connected || !up.is_gone(&window)),
+                                && (connected || !up.is_gone(&window, now)),
                             window: up.gone_window(&window),
                         }
                     })

@@ -66,6 +66,9 @@ pub struct Uptime {
     pub away: u64,
     /// Lengths of recent completed absences, oldest first.
     pub absences: Vec<u64>,
+    /// Wall-clock time it was last seen connected (0: never).
+    #[serde(default)]
+    pub seen: u64,
 }
 
 impl Uptime {
@@ -109,9 +112,12 @@ impl Uptime {
         longest.saturating_mul(2).clamp(w.min, w.max)
     }
 
-    /// True if the peer has been away longer than its window.
-    pub fn is_gone(&self, w: &GoneWindow) -> bool {
-        self.away > self.gone_window(w)
+    /// True if the peer has been away longer than its window (time this
+    /// node watched), or longer than the window's maximum by the wall
+    /// clock since it was last seen: an owner online a few hours a day
+    /// still condemns a departed holder within [`GoneWindow::max`].
+    pub fn is_gone(&self, w: &GoneWindow, now: u64) -> bool {
+        self.away > self.gone_window(w) || (self.seen > 0 && now.saturating_sub(self.seen) > w.max)
     }
 }
 
@@ -141,11 +147,11 @@ mod tests {
         for _ in 0..11 * 60 {
             u.observe(false, 60);
         }
-        assert!(!u.is_gone(&w));
+        assert!(!u.is_gone(&w, 0));
         for _ in 0..10 * 60 {
             u.observe(false, 60);
         }
-        assert!(u.is_gone(&w));
+        assert!(u.is_gone(&w, 0));
         // It comes back: its history now has the long absence.
         u.observe(true, 60);
         assert_eq!(u.away, 0);
@@ -161,7 +167,11 @@ mod tests {
         // This node was off for a week: one capped step.
         u.observe(false, 7 * 86_400);
         assert_eq!(u.away, MAX_STEP);
-        assert!(!u.is_gone(&w));
+        assert!(!u.is_gone(&w, 0));
+        // By the wall clock it was last seen a week ago: past the maximum.
+        u.seen = 1_000;
+        assert!(u.is_gone(&w, 1_000 + 7 * 86_400));
+        assert!(!u.is_gone(&w, 1_000 + 3600));
         assert_eq!(Uptime::default().gone_window(&GoneWindow::fixed(3)), 3);
     }
 }

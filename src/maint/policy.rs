@@ -23,6 +23,10 @@ pub struct Policy {
     /// Repair when fewer than this many fragments count.
     pub r: u32,
     pub window: GoneWindow,
+    /// Counting fragments kept beyond n before the surplus is released
+    /// (holders that came back after their fragments were rebuilt).
+    #[serde(default)]
+    pub keep_extra: u32,
 }
 
 impl Policy {
@@ -33,6 +37,7 @@ impl Policy {
             n,
             r: default_threshold(k, n),
             window: GoneWindow::DEFAULT,
+            keep_extra: n.saturating_sub(k),
         }
     }
 
@@ -105,7 +110,7 @@ pub fn plan(fragments: &[(u32, Holder)], p: &Policy) -> Plan {
     }
     if counted < p.r {
         out.rebuild = p.n - counted;
-    } else if counted > p.n {
+    } else if counted > p.n + p.keep_extra {
         // Surplus after returns: release away holders' first, then the
         // highest indexes.
         let mut extra: Vec<usize> = (0..fragments.len())
@@ -117,7 +122,7 @@ pub fn plan(fragments: &[(u32, Holder)], p: &Policy) -> Plan {
                 std::cmp::Reverse(fragments[*i].0),
             )
         });
-        extra.truncate((counted - p.n) as usize);
+        extra.truncate((counted - p.n - p.keep_extra) as usize);
         out.release.extend(&extra);
         out.drop.extend(extra);
     }
@@ -167,7 +172,13 @@ mod tests {
 
     #[test]
     fn returning_holders_count_again_and_the_surplus_is_released() {
-        let p = Policy::new(2, 4);
+        // Up to n - k extra counting fragments are kept by default (a
+        // holder that came back is likely to be away again); here none.
+        let p = Policy {
+            keep_extra: 0,
+            ..Policy::new(2, 4)
+        };
+        assert_eq!(Policy::new(2, 4).keep_extra, 2);
         // Repaired earlier: 4 fresh fragments plus 2 spares of gone holders.
         let mut s = frags(&[Gone, Gone, Up, Up, Up, Up]);
         assert!(plan(&s, &p).is_empty());

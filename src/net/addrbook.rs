@@ -191,7 +191,11 @@ impl AddressBook {
             return;
         }
         for (p, e) in self.peers.iter_mut() {
-            e.uptime.observe(connected.contains(p), step);
+            let up = connected.contains(p);
+            e.uptime.observe(up, step);
+            if up {
+                e.uptime.seen = now;
+            }
         }
         if now >= self.uptime_saved + UPTIME_SAVE {
             self.uptime_saved = now;

@@ -81,11 +81,17 @@ pub struct SimConfig {
     /// Repair threshold (default: halfway between k and n).
     pub r: Option<u32>,
     pub window: GoneWindow,
+    /// Counting fragments kept beyond n before releasing the surplus
+    /// (default: the daemon's, n - k).
+    pub keep_extra: Option<u32>,
     pub lease_days: f64,
     /// Sealed object size (one chunk).
     pub object_bytes: u64,
     /// Owner's repair bandwidth, bytes per second.
     pub repair_rate: u64,
+    /// Space the nodes donate, in all, as a multiple of what every
+    /// object's n fragments take (spread evenly over the nodes).
+    pub space_factor: f64,
     pub repair_delay: RepairDelay,
     pub owner: OwnerSchedule,
     pub classes: Vec<NodeClass>,
@@ -118,9 +124,11 @@ impl Default for SimConfig {
             n: 16,
             r: None,
             window: GoneWindow::DEFAULT,
+            keep_extra: None,
             lease_days: 30.0,
             object_bytes: 4 << 20,
             repair_rate: 4 << 20,
+            space_factor: 2.0,
             repair_delay: RepairDelay::Transfer,
             owner: OwnerSchedule {
                 period_hours: 24.0,
@@ -183,6 +191,9 @@ impl SimConfig {
         if self.owner.online_hours <= 0.0 || self.owner.period_hours <= 0.0 {
             return Err("the owner must be online some of the time".into());
         }
+        if self.space_factor < 1.0 {
+            return Err("space_factor below 1 cannot hold every fragment".into());
+        }
         if self.repair_rate == 0 || self.object_bytes == 0 {
             return Err("repair_rate and object_bytes must be positive".into());
         }
@@ -195,6 +206,9 @@ impl SimConfig {
             p.r = r;
         }
         p.window = self.window;
+        if let Some(x) = self.keep_extra {
+            p.keep_extra = x;
+        }
         p
     }
 }

@@ -81,12 +81,16 @@ struct Node {
     since: u64,
     uptime: Uptime,
     gone_at: u64,
+    /// When the owners last saw it up (None: never).
+    seen: Option<u64>,
     was_gone: bool,
     renewed_at: u64,
     epoch: u32,
     /// The epoch the owners know of (they learn of a wipe when renewing).
     known_epoch: u32,
     leftover: u64,
+    /// Bytes of our fragments placed here.
+    used: u64,
     /// Objects with a fragment here (stale entries are skipped and pruned).
     objects: Vec<u32>,
 }
@@ -139,6 +143,19 @@ impl Schedule {
         };
         at.max(t)
     }
+    /// The end of the owners' last online period before `t` (0 if none).
+    fn last_online_end(&self, t: u64) -> u64 {
+        if self.always() {
+            return t;
+        }
+        let start = t / self.period * self.period;
+        if t - start >= self.online {
+            start + self.online
+        } else {
+            start.saturating_sub(self.period - self.online)
+        }
+    }
+
     /// The next time the owners are online, from `t`.
     fn next_online(&self, t: u64) -> u64 {
         if self.is_online(t) {
@@ -164,6 +181,8 @@ struct Sim {
     sched: Schedule,
     lease: u64,
     frag_len: u64,
+    /// What each node donates.
+    capacity: u64,
     grace: u64,
     // Measurements.
     lost: u64,
@@ -241,6 +260,8 @@ impl Sim {
             sched,
             lease: (cfg.lease_days * DAY as f64) as u64,
             frag_len: layout_len,
+            capacity: (cfg.space_factor * cfg.objects as f64 * cfg.n as f64 * layout_len as f64
+                / cfg.nodes.max(1) as f64) as u64,
             // The daemon dials a holder past its window before condemning it.
             grace: 60u64.min(policy.window.min.max(1)),
             policy,
@@ -291,11 +312,13 @@ impl Sim {
             since: self.now,
             uptime: Uptime::default(),
             gone_at: u64::MAX,
+            seen: None,
             was_gone: false,
             renewed_at: self.now,
             epoch: 0,
             known_epoch: 0,
             leftover: 0,
+            used: 0,
             objects: Vec::new(),
         });
         self.subnets[subnet as usize].push(id);
@@ -367,7 +390,9 @@ impl Sim {
                 })
                 .collect();
             for f in &frags {
-                self.nodes[f.node as usize].objects.push(o);
+                let n = &mut self.nodes[f.node as usize];
+                n.objects.push(o);
+                n.used += self.frag_len;
             }
             self.objects.push(Obj {
                 next_index: frags.len() as u32,
@@ -399,18 +424,20 @@ impl Sim {
             return None;
         }
         let mut cands: Vec<Candidate<u32>> = Vec::new();
-        let want = count * 2 + 4;
+        let want = count * 4 + 16;
         for _ in 0..want * 4 {
             if cands.len() >= want {
                 break;
             }
             let p = pool[self.rng.random_range(0..pool.len())];
             if !exclude.contains(&p) && !cands.iter().any(|c| c.peer == p) {
+                let n = &self.nodes[p as usize];
                 cands.push(Candidate {
                     peer: p,
-                    available: None,
+                    available: Some(self.capacity.saturating_sub(n.used)),
                     rtt: None,
                     strikes: 0,
+                    availability: Some(n.uptime.availability()),
                 });
             }
         }
@@ -545,12 +572,24 @@ impl Sim {
     }
 
     /// Schedules the time the owners judge a node that just went down
-    /// gone: its gone window of watched time, then the dial grace.
+    /// gone (as [`Uptime::is_gone`] does): its gone window of watched time,
+    /// or the window's maximum of wall-clock time since the owners last saw
+    /// it, whichever comes first; then the dial grace.
     fn went_down(&mut self, id: u32) {
-        let w = self.nodes[id as usize]
-            .uptime
-            .gone_window(&self.policy.window);
-        let t = self.sched.advance(self.now, w + 1) + self.grace;
+        let n = &self.nodes[id as usize];
+        let w = n.uptime.gone_window(&self.policy.window);
+        // Last seen: now if the owners are watching, else at the end of
+        // their last online period if the node was up then.
+        let seen = if self.sched.is_online(self.now) {
+            Some(self.now)
+        } else {
+            let end = self.sched.last_online_end(self.now);
+            (end > n.since).then_some(end).or(n.seen)
+        };
+        let by_watch = self.sched.advance(self.now, w + 1);
+        let by_wall = seen.map_or(u64::MAX, |s| s + self.policy.window.max + 1);
+        let t = by_watch.min(by_wall).max(self.now) + self.grace;
+        self.nodes[id as usize].seen = seen;
         self.nodes[id as usize].gone_at = t;
         self.at(t, Ev::Gone(id, t));
     }
@@ -595,6 +634,7 @@ impl Sim {
         self.wipes += (count > 0) as u64;
         let n = &mut self.nodes[id as usize];
         n.epoch += 1;
+        n.used = 0;
         let left = std::mem::take(&mut n.leftover);
         self.add_leftover(-(left as i64));
         for o in objs {
@@ -795,6 +835,10 @@ impl Sim {
             );
         }
         let obj = &mut self.objects[o as usize];
+        for &i in &plan.drop {
+            let n = &mut self.nodes[old[i].node as usize];
+            n.used = n.used.saturating_sub(self.frag_len);
+        }
         let mut frags: Vec<Frag> = old
             .iter()
             .enumerate()
@@ -809,6 +853,7 @@ impl Sim {
             });
             obj.next_index += 1;
             self.nodes[*node as usize].objects.push(o);
+            self.nodes[*node as usize].used += self.frag_len;
         }
         self.objects[o as usize].frags = frags;
         if self.cfg.record_decisions {
@@ -942,5 +987,7 @@ mod tests {
         assert_eq!(s.advance(10 * HOUR, 0), 10 * HOUR);
         assert_eq!(s.next_online(10 * HOUR), DAY);
         assert!(s.is_online(DAY + 1));
+        assert_eq!(s.last_online_end(10 * HOUR), 8 * HOUR);
+        assert_eq!(s.last_online_end(DAY + HOUR), 8 * HOUR);
     }
 }
