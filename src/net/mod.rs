@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub grace: u64,
     /// How often expired fragments are deleted.
     pub gc_interval: Duration,
+    /// How often peers' uptime is counted (and the address book written).
+    pub book_every: Duration,
     pub mdns: bool,
     /// Address for the Prometheus endpoint (served by the daemon, not here).
     pub metrics: Option<String>,
@@ -98,6 +100,7 @@ impl NodeConfig {
             donate,
             grace: DEFAULT_GRACE,
             gc_interval: Duration::from_secs(600),
+            book_every: Duration::from_secs(15),
             mdns: false,
             metrics: None,
             clock: crate::maint::clock::system(),
@@ -403,7 +406,7 @@ impl NodeHandle {
         }
         tokio::spawn(driver.run());
         tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
-        tokio::spawn(keep_book(shared_book));
+        tokio::spawn(keep_book(shared_book, cfg.book_every));
         for addr in &cfg.peers {
             handle.dial(addr.clone());
         }
@@ -614,9 +617,9 @@ impl NodeHandle {
 }
 
 /// Counts every known peer's uptime and writes the address book, every
-/// 15 s while it changes, and once more when the node stops.
-async fn keep_book(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+/// `every` (15 s) while it changes, and once more when the node stops.
+async fn keep_book(shared: std::sync::Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drizzle::crypto::VaultKeys;
-use drizzle::maint::{Clock, SimClock};
-use drizzle::net::{NodeConfig, NodeHandle};
+use drizzle::maint::{Clock, GoneWindow, SimClock};
+use drizzle::net::{split_peer_addr, Multiaddr, NodeConfig, NodeHandle};
 use drizzle::remote::{Remote, RemoteConfig};
+use drizzle::vault::records::Placement;
 use drizzle::vault::{Vault, VaultOptions, ROOT_INO};
 
-use crate::inproc::{loopback, online_vault_with, runtime, start_nodes_with, write_file, Stopper};
+use crate::inproc::{loopback, online_vault_with, runtime, start_nodes_with, write_file};
 use crate::support::{pattern, wait_for};
 
 const DAY: u64 = 86_400;
@@ -21,11 +22,21 @@ const START: u64 = 1_800_000_000;
 /// expired leases five times a second.
 struct World {
     clock: Arc<SimClock>,
-    nodes: Vec<NodeHandle>,
+    /// Storage nodes (None while stopped).
+    nodes: Vec<Option<NodeHandle>>,
+    /// Where each listens (kept across restarts).
+    addrs: Vec<Multiaddr>,
     rcfg: RemoteConfig,
     dir: tempfile::TempDir,
-    _stop: Stopper,
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for n in self.nodes.iter().flatten() {
+            n.stop();
+        }
+    }
 }
 
 /// A mounted vault: maintenance and the vault's node on their own runtime.
@@ -33,11 +44,13 @@ struct Mounted {
     rt: tokio::runtime::Runtime,
     vnode: NodeHandle,
     vault: Arc<Vault>,
+    remote: Arc<Remote>,
 }
 
 impl Mounted {
     fn unmount(self) {
         self.vnode.stop();
+        drop(self.remote);
         drop(self.rt);
         self.vault.shutdown().unwrap();
         // The vault's worker threads let go of it as they stop.
@@ -48,15 +61,26 @@ impl Mounted {
 }
 
 fn world() -> World {
+    world_with(5, |_| {})
+}
+
+/// `count` storage nodes; `adjust` tunes maintenance.
+fn world_with(count: usize, adjust: impl Fn(&mut RemoteConfig)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let clock = SimClock::new(START);
     let c: Arc<dyn Clock> = clock.clone();
-    let nodes = rt.block_on(start_nodes_with(dir.path(), &[None; 5], 1 << 30, |cfg| {
-        cfg.clock = c.clone();
-        cfg.gc_interval = Duration::from_millis(200);
-    }));
+    let nodes = rt.block_on(start_nodes_with(
+        dir.path(),
+        &vec![None; count],
+        1 << 30,
+        |cfg| {
+            cfg.clock = c.clone();
+            cfg.gc_interval = Duration::from_millis(200);
+        },
+    ));
     let mut rcfg = RemoteConfig::new(2, 4);
+    adjust(&mut rcfg);
     // Maintenance checks every second of real time (not once a minute).
     rcfg.repair_every = Duration::from_secs(1);
     // The first mount (upload) on a runtime of its own, ended after sync.
@@ -69,31 +93,83 @@ fn world() -> World {
         |cfg| cfg.clock = c.clone(),
     );
     wait_for("peer discovery", Duration::from_secs(30), || {
-        vnode.storage_peers().len() >= 5
+        vnode.storage_peers().len() >= count
     });
     write_file(&vault, "f", &pattern(3 << 20, 5));
     vault.sync_all().unwrap();
     vrt.block_on(remote.wait_synced(|_| {})).unwrap();
-    drop(remote);
     Mounted {
         rt: vrt,
         vnode,
         vault,
+        remote,
     }
     .unmount();
     World {
         clock,
-        _stop: Stopper(nodes.clone()),
-        nodes,
+        addrs: nodes
+            .iter()
+            .map(|n| split_peer_addr(&n.listen_addrs()[0]).0)
+            .collect(),
+        nodes: nodes.into_iter().map(Some).collect(),
         rcfg,
         dir,
-        _rt: rt,
+        rt,
     }
 }
 
 impl World {
     fn fragments(&self) -> u64 {
-        self.nodes.iter().map(|n| n.fragment_count()).sum()
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.fragment_count())
+            .sum()
+    }
+
+    /// Addresses of a running storage node, to bootstrap from.
+    fn first_addrs(&self) -> Vec<Multiaddr> {
+        self.nodes.iter().flatten().next().unwrap().listen_addrs()
+    }
+
+    /// Stops storage node `i` (its data stays on disk).
+    fn stop_node(&mut self, i: usize) {
+        let n = self.nodes[i].take().unwrap();
+        n.stop();
+    }
+
+    /// Starts storage node `i` again, at the same address.
+    fn restart_node(&mut self, i: usize) {
+        let mut cfg = NodeConfig::new(self.dir.path().join(format!("node-{i}")), 1 << 30);
+        cfg.listen = vec![self.addrs[i].clone()];
+        cfg.peers = self.first_addrs();
+        cfg.clock = self.clock.clone();
+        cfg.gc_interval = Duration::from_millis(200);
+        let start = std::time::Instant::now();
+        // The stopped node lets go of its store as its tasks end.
+        let node = loop {
+            match self.rt.block_on(NodeHandle::start(cfg.clone())) {
+                Ok(n) => break n,
+                Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("restarting node {i}: {e:#}"),
+            }
+        };
+        self.nodes[i] = Some(node);
+    }
+
+    /// Lets `secs` of simulated time pass in five-minute steps, each
+    /// watched by the vault's node (it counts uptime every 50 ms).
+    fn pass(&self, secs: u64) {
+        let mut left = secs;
+        while left > 0 {
+            let step = left.min(300);
+            self.clock.advance(step);
+            left -= step;
+            std::thread::sleep(Duration::from_millis(120));
+        }
     }
 
     /// Mounts: opens the vault, starts its node and maintenance.
@@ -108,15 +184,21 @@ impl World {
             Vault::open(&vdir, "cluster", VaultKeys::from_master(&[7u8; 32]), opts).unwrap();
         let mut cfg = NodeConfig::new(vdir.join("node"), 0);
         cfg.listen = vec![loopback()];
-        cfg.peers = self.nodes[0].listen_addrs();
+        cfg.peers = self.first_addrs();
         cfg.clock = self.clock.clone();
+        cfg.book_every = Duration::from_millis(50);
         let (v, rcfg) = (vault.clone(), self.rcfg);
-        let vnode = rt.block_on(async move {
+        let (vnode, remote) = rt.block_on(async move {
             let vnode = NodeHandle::start(cfg).await.unwrap();
-            Remote::start_with(v, vnode.clone(), rcfg);
-            vnode
+            let remote = Remote::start_with(v, vnode.clone(), rcfg);
+            (vnode, remote)
         });
-        Mounted { rt, vnode, vault }
+        Mounted {
+            rt,
+            vnode,
+            vault,
+            remote,
+        }
     }
 
     /// Waits until every holder's leases were renewed at the clock's time.
@@ -186,4 +268,102 @@ fn a_mounted_laptop_that_sleeps_for_weeks_renews_on_waking() {
     }
     m.unmount();
     w.read_back();
+}
+
+/// Lazy repair under simulated time, with real nodes going away and
+/// coming back: two holders of an object away for less than their gone
+/// window cost nothing; away for longer, the object (down to k fragments
+/// that count, below the threshold r = 3) is rebuilt on the other nodes;
+/// when they come back their fragments count again and nothing is
+/// uploaded for them.
+#[test]
+fn holders_away_are_repaired_only_past_their_window_and_count_again_on_return() {
+    let mut w = world_with(6, |r| {
+        r.window = GoneWindow {
+            min: 3600,
+            max: 6 * 3600,
+            unknown: 2 * 3600,
+        };
+    });
+    let m = w.mount();
+    w.wait_renewed(&m);
+    let (id, before) = m.vault.placements().unwrap().remove(0);
+    let holder_of = |p: &Placement| -> Vec<usize> {
+        (0..w.nodes.len())
+            .filter(|i| {
+                let b = w.nodes[*i].as_ref().map(|n| n.peer_id().to_bytes());
+                p.fragments.iter().any(|f| Some(&f.peer) == b.as_ref())
+            })
+            .collect()
+    };
+    let gone = holder_of(&before)[..2].to_vec();
+    let placement = || {
+        m.vault
+            .placements()
+            .unwrap()
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .unwrap()
+            .1
+    };
+
+    // Away an hour: within the window (2 h for peers not known a day yet).
+    for &i in &gone {
+        w.stop_node(i);
+    }
+    w.pass(3600);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(m.remote.activity().repaired_objects, 0);
+    assert_eq!(placement(), before);
+    for &i in &gone {
+        w.restart_node(i);
+    }
+    wait_for("the holders to reconnect", Duration::from_secs(30), || {
+        gone.iter().all(|i| {
+            m.vnode
+                .is_connected(&w.nodes[*i].as_ref().unwrap().peer_id())
+        })
+    });
+    w.pass(600);
+
+    // Away three hours: past the window, the object is rebuilt.
+    for &i in &gone {
+        w.stop_node(i);
+    }
+    let held = w.fragments();
+    w.pass(3 * 3600);
+    wait_for("repair", Duration::from_secs(60), || {
+        w.pass(60);
+        m.remote.activity().repaired_objects > 0
+    });
+    let repaired = placement();
+    assert_eq!(repaired.fragments.len(), 6, "4 counting and the 2 spares");
+    assert!(w.fragments() > held, "fresh fragments on the other nodes");
+
+    // They return: their fragments count again, nothing is uploaded.
+    for &i in &gone {
+        w.restart_node(i);
+    }
+    wait_for("the holders to reconnect", Duration::from_secs(30), || {
+        gone.iter().all(|i| {
+            m.vnode
+                .is_connected(&w.nodes[*i].as_ref().unwrap().peer_id())
+        })
+    });
+    let total = w.fragments();
+    w.pass(1800);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        placement(),
+        repaired,
+        "kept: 6 counting is within n + (n - k)"
+    );
+    assert_eq!(
+        w.fragments(),
+        total,
+        "nothing uploaded for the returning holders"
+    );
+    let d = m.remote.durability().unwrap();
+    assert_eq!(d.at_or_below_threshold, 0);
+    m.unmount();
 }
