@@ -31,11 +31,12 @@ pub struct GoneWindow {
 }
 
 impl GoneWindow {
-    /// The defaults (see ARCHITECTURE.md, "Maintenance"): at least an hour,
-    /// at most three days, a day for peers we hardly know.
+    /// The defaults (see ARCHITECTURE.md, "Maintenance", for the
+    /// simulator's figures behind them): at least an hour, at most two
+    /// days, a day for peers we hardly know.
     pub const DEFAULT: GoneWindow = GoneWindow {
         min: 3600,
-        max: 3 * 86_400,
+        max: 2 * 86_400,
         unknown: 86_400,
     };
 

@@ -127,8 +127,8 @@ mod tests {
     fn without_repair_it_is_a_binomial_tail() {
         // No repair: lost by T iff more than n - k of n independent
         // exponential lifetimes end before T.
-        let (k, n, lambda, t) = (2u32, 4u32, 0.01, 100.0);
-        let q: f64 = 1.0 - (-lambda * t as f64).exp();
+        let (k, n, lambda, t) = (2u32, 4u32, 0.01f64, 100.0f64);
+        let q: f64 = 1.0 - (-lambda * t).exp();
         let mut want = 0.0;
         for j in (n - k + 1)..=n {
             let c = (1..=n).product::<u32>() as f64

@@ -56,7 +56,7 @@ impl Policy {
 /// Halfway between k and n, rounded up: 13 for 10 of 16, 3 for 2 of 4.
 /// ARCHITECTURE.md ("Maintenance") gives the simulator's figures behind it.
 pub fn default_threshold(k: u32, n: u32) -> u32 {
-    k + (n.saturating_sub(k) + 1) / 2
+    k + n.saturating_sub(k).div_ceil(2)
 }
 
 /// How a fragment's holder stands.
