@@ -43,7 +43,8 @@ const PEER_SEARCH: Duration = Duration::from_secs(20);
 const STALL: Duration = Duration::from_secs(30);
 /// Attempts per fragment (the first peer, then others).
 const PUT_ATTEMPTS: usize = 4;
-/// At a mount, leases renewed longer ago than this are renewed at once.
+/// At a mount, leases renewed longer ago than this (or half a renewal
+/// period, if shorter) are renewed at once.
 const MOUNT_RENEW_AGE: u64 = 600;
 /// Leases asked for when none is configured: 30 days, renewed every 10.
 pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
@@ -542,10 +543,21 @@ impl Remote {
         let check = Duration::from_secs(period.clamp(1, 60)).min(self.cfg.repair_every);
         let mut st = RenewState::default();
         loop {
-            if let Err(e) = self.renew_due(period, &mut st).await {
-                tracing::warn!("renewing leases: {e}");
-            }
-            tokio::time::sleep(check).await;
+            let waiting = match self.renew_due(period, &mut st).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!("renewing leases: {e}");
+                    false
+                }
+            };
+            // Holders due but not connected yet (just after a mount) are
+            // tried again in a second, not a period later.
+            let next = if waiting {
+                check.min(Duration::from_secs(1))
+            } else {
+                check
+            };
+            tokio::time::sleep(next).await;
         }
     }
 
@@ -555,9 +567,10 @@ impl Remote {
     /// time, however briefly, keeps every lease); after that, a holder is
     /// due `period` after its last renewal (or when that renewal was for
     /// another lease time, or lies in the future: the clock went back).
-    /// Holders not connected yet are dialed and tried at the next check;
-    /// a holder whose renewal failed is retried after [`RENEW_RETRY`].
-    async fn renew_due(&self, period: u64, st: &mut RenewState) -> Result<(), String> {
+    /// Holders not connected yet are dialed and tried again shortly (the
+    /// result says whether any are waiting); a holder whose renewal failed
+    /// is retried after [`RENEW_RETRY`].
+    async fn renew_due(&self, period: u64, st: &mut RenewState) -> Result<bool, String> {
         let vault = self.vault.clone();
         let (all, mut renewed) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::vault::VaultError>((vault.all_placements()?, vault.lease_renewals()?))
@@ -575,11 +588,12 @@ impl Remote {
         let mut changed = renewed.len() != before;
         let now = self.clock.now();
         let lease = self.lease_secs;
+        let mut waiting = false;
         for (peer_b, ids) in by_peer {
             let min_age = if st.this_mount.contains(&peer_b) {
                 period
             } else {
-                period.min(MOUNT_RENEW_AGE)
+                (period / 2).max(1).min(MOUNT_RENEW_AGE)
             };
             if !renewal_due(renewed.get(&peer_b), now, lease, min_age) {
                 continue;
@@ -603,6 +617,7 @@ impl Remote {
                     st.dialed.insert(peer_b.clone(), Instant::now());
                     self.node.find_peer(peer);
                 }
+                waiting = true;
                 continue;
             }
             match self.renew_on(peer, &peer_b, &ids).await {
@@ -626,7 +641,7 @@ impl Remote {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        Ok(waiting)
     }
 
     /// Renews the leases of `ids` on `peer`, in batches.
@@ -1505,7 +1520,7 @@ mod tests {
         while now < end {
             // A mount: first pass with the mount age, then periodic checks.
             let stay = 120 + rand(3480);
-            let mut min_age = period.min(MOUNT_RENEW_AGE);
+            let mut min_age = (period / 2).max(1).min(MOUNT_RENEW_AGE);
             let mut t = now;
             while t <= now + stay {
                 assert!(last.is_none() || t <= expires, "lease ran out at {t}");
