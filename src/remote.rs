@@ -593,7 +593,7 @@ impl Remote {
             let min_age = if st.this_mount.contains(&peer_b) {
                 period
             } else {
-                (period / 2).max(1).min(MOUNT_RENEW_AGE)
+                (period / 2).clamp(1, MOUNT_RENEW_AGE)
             };
             if !renewal_due(renewed.get(&peer_b), now, lease, min_age) {
                 continue;
@@ -1520,7 +1520,7 @@ mod tests {
         while now < end {
             // A mount: first pass with the mount age, then periodic checks.
             let stay = 120 + rand(3480);
-            let mut min_age = (period / 2).max(1).min(MOUNT_RENEW_AGE);
+            let mut min_age = (period / 2).clamp(1, MOUNT_RENEW_AGE);
             let mut t = now;
             while t <= now + stay {
                 assert!(last.is_none() || t <= expires, "lease ran out at {t}");
