@@ -725,19 +725,17 @@ impl Remote {
         }
     }
 
-    /// How the holder of `f` stands (see [`crate::maint::policy`]): failed
-    /// if it lost the fragment; up if connected; away within its gone
-    /// window (which follows its uptime history); else gone, once a dial
-    /// of its known addresses has had [`DIAL_GRACE`] to succeed.
+    /// How the holder of `f` stands (see [`crate::maint::policy`]; whether
+    /// it lost this very fragment is the caller's check): up if connected;
+    /// away within its gone window (which follows its uptime history); else
+    /// gone, once a dial of its known addresses has had [`DIAL_GRACE`] to
+    /// succeed.
     fn holder(
         &self,
         f: &FragmentLoc,
         peers: &HashMap<PeerId, crate::net::PeerInfo>,
         now: u64,
     ) -> Holder {
-        if self.state().missing.contains(&(f.peer.clone(), f.id)) {
-            return Holder::Failed;
-        }
         let Ok(id) = PeerId::from_bytes(&f.peer) else {
             return Holder::Failed;
         };
@@ -806,11 +804,22 @@ impl Remote {
         }
         let policy = self.policy();
         let peers = self.node.peers();
+        // Judged once per holder and pass (a holder has many fragments).
+        let missing = self.state().missing.clone();
+        let mut judged: HashMap<Vec<u8>, Holder> = HashMap::new();
         for (id, p) in &all {
             let states: Vec<(u32, Holder)> = p
                 .fragments
                 .iter()
-                .map(|f| (f.index, self.holder(f, &peers, now)))
+                .map(|f| {
+                    if missing.contains(&(f.peer.clone(), f.id)) {
+                        return (f.index, Holder::Failed);
+                    }
+                    let h = *judged
+                        .entry(f.peer.clone())
+                        .or_insert_with(|| self.holder(f, &peers, now));
+                    (f.index, h)
+                })
                 .collect();
             let plan = maint::policy::plan(&states, &policy);
             let extra = self.crowded_extras(p, &plan);
