@@ -208,3 +208,19 @@ fn demo_runs_and_cleans_up() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mnt.to_str().unwrap()));
 }
+
+/// A repair threshold outside k..=n is refused before anything is mounted.
+#[test]
+fn a_repair_threshold_outside_k_to_n_is_refused() {
+    let d = Drive::init_with("threshold", &["--k", "2", "--n", "4"]);
+    let mnt = d.mnt.to_str().unwrap();
+    for bad in ["1", "5"] {
+        let out = d.drizzle(&["mount", mnt, "--repair-threshold", bad]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--repair-threshold") && err.contains("between k and n"),
+            "{err}"
+        );
+    }
+}

@@ -160,6 +160,18 @@ impl World {
         self.nodes[i] = Some(node);
     }
 
+    /// Starts the storage nodes `ids` again and waits until `vnode` is
+    /// connected to each.
+    fn restart_nodes(&mut self, ids: &[usize], vnode: &NodeHandle) {
+        for &i in ids {
+            self.restart_node(i);
+        }
+        wait_for("the holders to reconnect", Duration::from_secs(30), || {
+            ids.iter()
+                .all(|i| vnode.is_connected(&self.nodes[*i].as_ref().unwrap().peer_id()))
+        });
+    }
+
     /// Lets `secs` of simulated time pass in five-minute steps, each
     /// watched by the vault's node (it counts uptime every 50 ms).
     fn pass(&self, secs: u64) {
@@ -315,15 +327,7 @@ fn holders_away_are_repaired_only_past_their_window_and_count_again_on_return() 
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(m.remote.activity().repaired_objects, 0);
     assert_eq!(placement(), before);
-    for &i in &gone {
-        w.restart_node(i);
-    }
-    wait_for("the holders to reconnect", Duration::from_secs(30), || {
-        gone.iter().all(|i| {
-            m.vnode
-                .is_connected(&w.nodes[*i].as_ref().unwrap().peer_id())
-        })
-    });
+    w.restart_nodes(&gone, &m.vnode);
     w.pass(600);
 
     // Away three hours: past the window, the object is rebuilt.
@@ -341,15 +345,7 @@ fn holders_away_are_repaired_only_past_their_window_and_count_again_on_return() 
     assert!(w.fragments() > held, "fresh fragments on the other nodes");
 
     // They return: their fragments count again, nothing is uploaded.
-    for &i in &gone {
-        w.restart_node(i);
-    }
-    wait_for("the holders to reconnect", Duration::from_secs(30), || {
-        gone.iter().all(|i| {
-            m.vnode
-                .is_connected(&w.nodes[*i].as_ref().unwrap().peer_id())
-        })
-    });
+    w.restart_nodes(&gone, &m.vnode);
     let total = w.fragments();
     w.pass(1800);
     std::thread::sleep(Duration::from_secs(2));
