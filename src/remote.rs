@@ -25,7 +25,7 @@ use crate::net::proto::{LeaseTerms, Request, Response};
 use crate::net::{NetError, NodeHandle, PeerId};
 use crate::placement::{self, Candidate};
 use crate::vault::records::{FragmentLoc, Placement};
-use crate::vault::{Fetcher, Vault};
+use crate::vault::{FetchDone, Fetcher, Vault};
 
 /// How long a read waits for the holders of its data to be found.
 pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(30);
@@ -1316,7 +1316,9 @@ fn group_by_peer(
     by_peer
 }
 
-/// Reads objects from peers for the vault (called on blocking threads).
+/// Reads objects from peers for the vault: each fetch runs as a task on
+/// the runtime (no thread waits for the network) and hands its result to
+/// the vault on the blocking pool.
 struct NetFetcher {
     node: NodeHandle,
     rt: tokio::runtime::Handle,
@@ -1325,15 +1327,13 @@ struct NetFetcher {
 }
 
 impl Fetcher for NetFetcher {
-    fn fetch(
-        &self,
-        id: &ObjectId,
-        placement: &Placement,
-        patient: bool,
-    ) -> Result<Vec<u8>, String> {
+    fn fetch(&self, id: &ObjectId, placement: &Placement, patient: bool, done: FetchDone) {
         let wait = if patient { self.wait } else { Duration::ZERO };
-        self.rt
-            .block_on(fetch_object(&self.node, id, placement, wait))
+        let (node, id, placement) = (self.node.clone(), *id, placement.clone());
+        self.rt.spawn(async move {
+            let r = fetch_object(&node, &id, &placement, wait).await;
+            tokio::task::spawn_blocking(move || done(r));
+        });
     }
 }
 

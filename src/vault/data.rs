@@ -17,16 +17,12 @@ use crate::chunk::{self, CHUNK_SIZE};
 
 /// Committed chunk content a change starts from: chunk index -> (object,
 /// plaintext), loaded before the vault lock is taken.
-type Bases = std::collections::HashMap<u64, (ObjectId, Arc<Vec<u8>>)>;
+type Bases = std::collections::HashMap<u64, (ObjectId, Plain)>;
 
 /// Chunks loaded ahead of a sequential reader.
 const PREFETCH_CHUNKS: u64 = 2;
 
 impl Vault {
-    pub(super) fn loader(&self) -> MutexGuard<'_, Loader> {
-        self.loader.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The active state of a file, loading it on first use.
     fn file_state<'a>(&self, inner: &'a mut Inner, ino: Ino) -> Result<&'a mut FileState> {
         use std::collections::hash_map::Entry;
@@ -82,7 +78,21 @@ impl Vault {
         self.schedule_file(&mut inner, ino);
     }
 
+    /// Reads file content, blocking while parts of it come from peers.
     pub fn read(&self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
+        self.blocking(|loaded| self.read_with(ino, offset, size, loaded))
+    }
+
+    /// Reads file content; fails with [`VaultError::Wait`] while a chunk is
+    /// being fetched from peers (wait for it, then call again with the same
+    /// `loaded`).
+    pub fn read_with(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: usize,
+        loaded: &mut Loaded,
+    ) -> Result<Vec<u8>> {
         let (file_size, sequential) = {
             let mut inner = self.lock();
             let f = self.file_state(&mut inner, ino)?;
@@ -100,7 +110,7 @@ impl Vault {
         let mut last_index = 0;
         for p in chunk::pieces(offset, n) {
             last_index = p.index;
-            let data = self.chunk_data(ino, p.index)?;
+            let data = self.chunk_data(ino, p.index, loaded)?;
             if let Some(d) = data {
                 if p.within < d.len() {
                     let avail = (d.len() - p.within).min(p.len);
@@ -141,7 +151,7 @@ impl Vault {
     }
 
     /// The newest content of a chunk: dirty buffer, or committed object.
-    fn chunk_data(&self, ino: Ino, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
+    fn chunk_data(&self, ino: Ino, index: u64, loaded: &Loaded) -> Result<Option<Plain>> {
         {
             let inner = self.lock();
             if let Some(d) = inner.files.get(&ino).and_then(|f| f.dirty.get(&index)) {
@@ -161,7 +171,7 @@ impl Vault {
                 (None, Some(o)) => o,
                 (None, None) => unreachable!("a chunk is inline or an object"),
             };
-            match self.load_object(&object, true) {
+            match self.load_object(&object, true, loaded) {
                 Ok(d) => return Ok(Some(d)),
                 Err(VaultError::NotFound) if attempt == 0 => continue,
                 Err(VaultError::NotFound) => {
@@ -176,70 +186,21 @@ impl Vault {
         unreachable!("loop returns")
     }
 
-    /// Loads, verifies and opens an object, through the cache. Concurrent
-    /// loads of one object wait for the first.
-    /// `patient`: a read waits for holders to be found (a prefetch not).
-    fn load_object(&self, id: &ObjectId, patient: bool) -> Result<Arc<Vec<u8>>> {
-        let mut loader = self.loader();
-        loop {
-            if let Some(d) = loader.cache.get(id) {
-                return Ok(d);
-            }
-            if !loader.loading.contains(id) {
-                break;
-            }
-            loader = self.loaded.wait(loader).unwrap_or_else(|p| p.into_inner());
-        }
-        loader.loading.insert(*id);
-        drop(loader);
-        let result = self.read_object(id, patient);
-        let mut loader = self.loader();
-        loader.loading.remove(id);
-        if let Ok(d) = &result {
-            loader.cache.insert(*id, d.clone());
-        }
-        self.loaded.notify_all();
-        result
-    }
-
-    fn read_object(&self, id: &ObjectId, patient: bool) -> Result<Arc<Vec<u8>>> {
-        let sealed = match self.store.read_object(id)? {
-            Some(b) => {
-                self.touch_cached(id);
-                b
-            }
-            None => self.fetch_remote(id, patient)?,
-        };
-        if ObjectId::of(&sealed) != *id {
-            return Err(corrupt(
-                format!("object {id}"),
-                "content does not match its id",
-            ));
-        }
-        let plain = self
-            .keys
-            .open_object(sealed)
-            .map_err(|e| corrupt(format!("object {id}"), e))?;
-        Ok(Arc::new(plain))
-    }
-
-    /// Empties the in-memory plaintext cache (the next reads go to disk or
-    /// to peers).
-    pub fn drop_memory_cache(&self) {
-        self.loader().cache.clear();
-    }
-
-    fn prefetch(&self, object: ObjectId) {
-        {
-            let loader = self.loader();
-            if loader.cache.contains(&object) || loader.loading.contains(&object) {
-                return;
-            }
-        }
-        self.push_job(Job::Prefetch { object });
-    }
-
+    /// Writes file content, blocking while chunks it starts from come from
+    /// peers.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.blocking(|loaded| self.write_with(ino, offset, data, loaded))
+    }
+
+    /// Writes file content; fails with [`VaultError::Wait`] (having changed
+    /// nothing) while a chunk it starts from is fetched from peers.
+    pub fn write_with(
+        &self,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        loaded: &mut Loaded,
+    ) -> Result<usize> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64)
@@ -249,7 +210,7 @@ impl Vault {
             .map(|p| (p.index, p.within == 0 && p.len == CHUNK_SIZE))
             .collect();
         let mut bases = Bases::new();
-        let mut inner = self.lock_with_bases(ino, |_| wanted.clone(), &mut bases)?;
+        let mut inner = self.lock_with_bases(ino, |_| wanted.clone(), &mut bases, loaded)?;
         if let Some((errno, msg)) = inner.files.get_mut(&ino).and_then(|f| f.error.take()) {
             return Err(VaultError::Deferred { errno, msg });
         }
@@ -304,6 +265,7 @@ impl Vault {
         ino: Ino,
         wanted: impl Fn(&FileState) -> Vec<(u64, bool)>,
         bases: &mut Bases,
+        loaded: &Loaded,
     ) -> Result<MutexGuard<'_, Inner>> {
         let mut rounds = 0;
         loop {
@@ -328,10 +290,11 @@ impl Vault {
             drop(inner);
             rounds += 1;
             for (index, o) in missing {
-                match self.load_object(&o, true) {
+                match self.load_object(&o, true, loaded) {
                     Ok(d) => {
                         bases.insert(index, (o, d));
                     }
+                    Err(VaultError::Wait(w)) => return Err(VaultError::Wait(w)),
                     // The chunk may have been committed anew (and its old
                     // object released) meanwhile: read the map again.
                     Err(_) if rounds < 3 => {}
@@ -413,7 +376,7 @@ impl Vault {
         Ok(())
     }
 
-    pub(super) fn truncate(&self, ino: Ino, size: u64) -> Result<()> {
+    pub(super) fn truncate(&self, ino: Ino, size: u64, loaded: &Loaded) -> Result<()> {
         if size > i64::MAX as u64 {
             return Err(VaultError::Invalid("size beyond the largest file size"));
         }
@@ -427,7 +390,7 @@ impl Vault {
             )]
         };
         let mut bases = Bases::new();
-        let mut inner = self.lock_with_bases(ino, partial, &mut bases)?;
+        let mut inner = self.lock_with_bases(ino, partial, &mut bases, loaded)?;
         let f = self.file_state(&mut inner, ino)?;
         match f.inode.kind {
             Kind::File => {}
@@ -542,7 +505,7 @@ impl Vault {
         self.push_job(job);
     }
 
-    fn push_job(&self, job: Job) {
+    pub(super) fn push_job(&self, job: Job) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         match job {
             // Seals go first: they free memory that writers wait for.
@@ -680,11 +643,7 @@ impl Vault {
 
     fn run_job(&self, job: Job) {
         match job {
-            Job::Prefetch { object } => {
-                if let Err(e) = self.load_object(&object, false) {
-                    tracing::debug!(%object, "prefetch failed: {e}");
-                }
-            }
+            Job::Prefetch { object } => self.run_prefetch(&object),
             Job::Seal {
                 ino,
                 index,

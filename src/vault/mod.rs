@@ -9,11 +9,13 @@
 //! Every metadata change is one atomic store batch.
 
 mod data;
+mod load;
 mod network;
 pub mod records;
 pub mod replica;
 
-pub use network::{Fetcher, Renewal, UploadBacklog};
+pub use load::{FetchDone, Fetcher, Loaded, Plain, Wait};
+pub use network::{Renewal, UploadBacklog};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -59,6 +61,11 @@ pub enum VaultError {
     /// Content that is only on peers could not be fetched.
     #[error("cannot fetch from peers: {0}")]
     Unavailable(String),
+    /// The operation needs an object that is being fetched from peers:
+    /// wait for it and run the operation again (see `load.rs`). Never
+    /// reaches a user: [`Vault::blocking`] and the mount resolve it.
+    #[error("waiting for an object from peers")]
+    Wait(Wait),
     /// A background seal of this file failed earlier.
     #[error("storing earlier writes failed: {msg}")]
     Deferred { errno: i32, msg: String },
@@ -79,9 +86,10 @@ impl VaultError {
             VaultError::NoAttr => libc::ENODATA,
             VaultError::Range => libc::ERANGE,
             VaultError::NoSpace(_) => libc::ENOSPC,
-            VaultError::Corrupt { .. } | VaultError::Io(_) | VaultError::Unavailable(_) => {
-                libc::EIO
-            }
+            VaultError::Corrupt { .. }
+            | VaultError::Io(_)
+            | VaultError::Unavailable(_)
+            | VaultError::Wait(_) => libc::EIO,
             VaultError::Deferred { errno, .. } => *errno,
             VaultError::Store(StoreError::Io { err, .. })
                 if err.raw_os_error() == Some(libc::ENOSPC) =>
@@ -258,13 +266,10 @@ enum Job {
     },
 }
 
-struct Loader {
-    cache: ChunkCache,
-    loading: std::collections::HashSet<ObjectId>,
-}
-
 /// An unlocked vault.
 pub struct Vault {
+    /// This vault, for work that finishes on other threads.
+    me: std::sync::Weak<Vault>,
     name: String,
     keys: VaultKeys,
     store: Store,
@@ -272,8 +277,7 @@ pub struct Vault {
     inner: Mutex<Inner>,
     /// Signalled when seals commit (dirty bytes drop, fsync may finish).
     sealed: Condvar,
-    loader: Mutex<Loader>,
-    loaded: Condvar,
+    loader: Mutex<load::Loader>,
     jobs: Mutex<VecDeque<Job>>,
     jobs_ready: Condvar,
     stopping: AtomicBool,
@@ -323,7 +327,8 @@ impl Vault {
                 ))
             }
         };
-        let vault = Arc::new(Vault {
+        let vault = Arc::new_cyclic(|me| Vault {
+            me: me.clone(),
             name: name.to_string(),
             keys,
             store,
@@ -336,11 +341,7 @@ impl Vault {
                 uploads: UploadBacklog::default(),
             }),
             sealed: Condvar::new(),
-            loader: Mutex::new(Loader {
-                cache: ChunkCache::new(opts.cache_bytes),
-                loading: Default::default(),
-            }),
-            loaded: Condvar::new(),
+            loader: Mutex::new(load::Loader::new(opts.cache_bytes)),
             jobs: Mutex::new(VecDeque::new()),
             jobs_ready: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -856,9 +857,16 @@ impl Vault {
         Ok(out)
     }
 
+    /// Changes attributes, blocking while a truncate loads a chunk from peers.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Inode> {
+        self.blocking(|loaded| self.setattr_with(ino, set.clone(), loaded))
+    }
+
+    /// Changes attributes; fails with [`VaultError::Wait`] (having changed
+    /// nothing) while a truncate needs a chunk from peers.
+    pub fn setattr_with(&self, ino: Ino, set: SetAttr, loaded: &mut Loaded) -> Result<Inode> {
         if let Some(size) = set.size {
-            self.truncate(ino, size)?;
+            self.truncate(ino, size, loaded)?;
         }
         let mut inner = self.lock();
         let mut inode = self.inode(&inner, ino)?;

@@ -1,5 +1,5 @@
 //! The vault's side of the network: the upload queue, placement records,
-//! fetching objects that are only on peers, and the local disk cache of
+//! keeping objects fetched from peers, and the local disk cache of
 //! objects already safe on peers ("online-only" files).
 //!
 //! A new object enters the `Uploads` family in the batch that first
@@ -27,19 +27,6 @@ pub struct Renewal {
     pub at: u64,
     /// The lease time it asked for, in seconds.
     pub lease: u32,
-}
-
-/// Gets an object's sealed bytes from peers (implemented by `remote`).
-pub trait Fetcher: Send + Sync {
-    /// Fetches and rebuilds an object; the bytes are checked against `id`
-    /// by the caller too.
-    /// `patient`: wait (bounded) for holders that are not reachable yet.
-    fn fetch(
-        &self,
-        id: &ObjectId,
-        placement: &Placement,
-        patient: bool,
-    ) -> std::result::Result<Vec<u8>, String>;
 }
 
 /// Objects not yet stored on peers.
@@ -416,36 +403,18 @@ impl Vault {
         cache.lru.get(id);
     }
 
-    /// Reads an object that is not on local disk from peers and keeps a copy
-    /// if the disk cache has room for any.
-    pub(super) fn fetch_remote(&self, id: &ObjectId, patient: bool) -> Result<Vec<u8>> {
-        let placement = self.placement(id)?.ok_or_else(|| {
-            corrupt(
-                format!("object {id}"),
-                "missing from local disk and never uploaded",
-            )
-        })?;
-        let fetcher = self.fetcher.get().ok_or_else(|| {
-            VaultError::Unavailable(format!(
-                "object {id} is stored only on peers and the network is not running"
-            ))
-        })?;
-        let sealed = fetcher.fetch(id, &placement, patient).map_err(|e| {
-            tracing::error!(object = %id, "cannot fetch from peers: {e}");
-            VaultError::Unavailable(e)
-        })?;
-        if ObjectId::of(&sealed) != *id {
-            return Err(corrupt(
-                format!("object {id}"),
-                "fetched bytes do not match the id",
-            ));
-        }
-        let keep = self.disk_cache().limit > 0;
-        if keep {
-            // A large object's file is written (and synced) before taking
-            // the vault lock; the lock only guards the check and the index.
+    /// The disk cache's limit in bytes (0: online-only files).
+    pub(super) fn disk_cache_limit(&self) -> u64 {
+        self.disk_cache().limit
+    }
+
+    /// Keeps a local copy of an object fetched from peers (its file is
+    /// written and synced before the vault lock is taken; the lock only
+    /// guards the check that the object is still referenced, and the index).
+    pub(super) fn keep_fetched(&self, id: &ObjectId, sealed: &[u8]) -> Result<()> {
+        {
             let mut batch = Batch::default();
-            batch.put_object(&self.store, id, &sealed)?;
+            batch.put_object(&self.store, id, sealed)?;
             batch.put(
                 Cf::Cached,
                 id.0.to_vec(),
@@ -471,6 +440,6 @@ impl Vault {
                 self.evict()?;
             }
         }
-        Ok(sealed)
+        Ok(())
     }
 }

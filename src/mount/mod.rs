@@ -1,11 +1,17 @@
 //! The FUSE adapter: turns kernel requests into calls on [`Vault`].
 //!
-//! File-content callbacks (read, write, fsync, truncate) copy their arguments,
-//! move the reply into a closure and run it on the runtime's bounded blocking
-//! pool, so a FUSE thread never waits for disk IO, backpressure or (later) the
-//! network. Metadata callbacks run inline: they only touch the local
-//! RocksDB and memory, and a thread hop costs more than they do. The single mapping from
-//! [`VaultError`] to an errno lives in [`errno`].
+//! File-content callbacks (read, write, fsync, truncate, fallocate) copy
+//! their arguments, move the reply into a closure and run it on the content
+//! pool: threads of their own, apart from the runtime's blocking pool that
+//! serves the network, so a FUSE thread never waits for disk IO or
+//! backpressure. When a content operation needs an object from peers, the
+//! vault starts the fetch and says so ([`VaultError::Wait`]); the wait is a
+//! task on the runtime, and the operation runs again on the pool when the
+//! object is there. No thread waits for the network, so one file's slow
+//! holders never hold up another file. Metadata callbacks run inline: they
+//! only touch the local RocksDB and memory, and a thread hop costs more
+//! than they do. The single mapping from [`VaultError`] to an errno lives
+//! in [`errno`].
 //!
 //! Architecture invariant: no storage, crypto or network types here; the
 //! vault is the only thing this module talks to.
@@ -25,9 +31,21 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::vault::{DirEntry, Ino, Inode, Kind, RenameMode, SetAttr, Time, Vault, VaultError};
+mod pool;
+
+use pool::{ContentPool, Request as ContentRequest};
+
+use crate::vault::{
+    DirEntry, Ino, Inode, Kind, Loaded, RenameMode, SetAttr, Time, Vault, VaultError,
+};
 
 const TTL: Duration = Duration::from_secs(1);
+/// Threads running content requests. They wait on local disk, sealing
+/// and backpressure only, never on the network.
+const CONTENT_THREADS: usize = 16;
+/// Content requests queued for those threads before a FUSE thread waits to
+/// queue more (backpressure to the kernel).
+const CONTENT_QUEUE: usize = 1024;
 /// Block size reported by `stat`: large, so copy tools use large buffers.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -82,6 +100,7 @@ pub struct DrizzleFs {
     data_dir: PathBuf,
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
     next_fh: AtomicU64,
+    pool: ContentPool,
 }
 
 impl DrizzleFs {
@@ -92,15 +111,32 @@ impl DrizzleFs {
             data_dir: data_dir.to_path_buf(),
             dirs: Default::default(),
             next_fh: AtomicU64::new(1),
+            pool: ContentPool::new(CONTENT_THREADS, CONTENT_QUEUE),
         }
     }
 
-    /// Runs a file-content operation (read, write, fsync: these may wait on
-    /// disk, backpressure or, later, the network) on the blocking pool,
-    /// bounded by the runtime's `max_blocking_threads`.
+    /// Runs a file-content operation that never needs the network (fsync,
+    /// fallocate: these may wait on disk or sealing) on the content pool.
     fn run(&self, f: impl FnOnce(&Vault) + Send + 'static) {
         let vault = self.vault.clone();
-        self.rt.spawn_blocking(move || f(&vault));
+        self.pool.submit(move || f(&vault));
+    }
+
+    /// Runs a file-content operation that may need objects from peers on
+    /// the content pool, waiting for them off the pool (see `pool.rs`).
+    fn content<T: Send + 'static>(
+        &self,
+        op: impl Fn(&Vault, &mut Loaded) -> Result<T, VaultError> + Send + Sync + 'static,
+        reply: impl FnOnce(Result<T, VaultError>) + Send + 'static,
+    ) {
+        ContentRequest {
+            vault: self.vault.clone(),
+            pool: self.pool.clone(),
+            rt: self.rt.clone(),
+            op: Box::new(op),
+            reply: Box::new(reply),
+        }
+        .start();
     }
 
     /// Runs a metadata operation on the FUSE thread itself. These only touch
@@ -186,15 +222,18 @@ impl Filesystem for DrizzleFs {
             mtime: mtime.map(time),
             ctime: ctime.map(Time::from),
         };
-        let op = move |v: &Vault| match v.setattr(ino.0, set) {
+        let done = move |r: Result<Inode, VaultError>| match r {
             Ok(i) => reply.attr(&TTL, &attr(ino.0, &i)),
             Err(e) => reply.error(errno(&e)),
         };
         // A size change may load and reseal a chunk: off the FUSE thread.
         if size.is_some() {
-            self.run(op)
+            self.content(
+                move |v, loaded| v.setattr_with(ino.0, set.clone(), loaded),
+                done,
+            )
         } else {
-            self.meta(op)
+            self.meta(|v| done(v.setattr(ino.0, set)))
         }
     }
 
@@ -350,10 +389,13 @@ impl Filesystem for DrizzleFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(move |v| match v.read(ino.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.content(
+            move |v, loaded| v.read_with(ino.0, offset, size as usize, loaded),
+            move |r| match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn write(
@@ -369,10 +411,13 @@ impl Filesystem for DrizzleFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.run(move |v| match v.write(ino.0, offset, &data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.content(
+            move |v, loaded| v.write_with(ino.0, offset, &data, loaded),
+            move |r| match r {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn flush(
