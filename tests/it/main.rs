@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod data;
+mod engine;
 mod faultfs;
 mod inproc;
 mod months;
