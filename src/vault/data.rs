@@ -24,7 +24,11 @@ const PREFETCH_CHUNKS: u64 = 2;
 
 impl Vault {
     /// The active state of a file, loading it on first use.
-    fn file_state<'a>(&self, inner: &'a mut Inner, ino: Ino) -> Result<&'a mut FileState> {
+    pub(super) fn file_state<'a>(
+        &self,
+        inner: &'a mut Inner,
+        ino: Ino,
+    ) -> Result<&'a mut FileState> {
         use std::collections::hash_map::Entry;
         match inner.files.entry(ino) {
             Entry::Occupied(e) => Ok(e.into_mut()),
@@ -389,6 +393,7 @@ impl Vault {
                 !shrinks || size % CHUNK_SIZE as u64 == 0,
             )]
         };
+        self.shrink_in_slices(ino, size)?;
         let mut bases = Bases::new();
         let mut inner = self.lock_with_bases(ino, partial, &mut bases, loaded)?;
         let f = self.file_state(&mut inner, ino)?;
@@ -409,19 +414,9 @@ impl Vault {
                 .sum();
             inner.dirty_bytes -= dropped;
             let mut batch = Txn::default();
-            // Only the chunks at or past the new end: seek straight to them.
-            let from = chunk_key(ino, keep);
-            for (k, v) in self
-                .store
-                .scan_from(Cf::Chunks, &ino_key(ino), &from, usize::MAX)?
-            {
-                let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
-                    .map_err(|e| corrupt("chunk map", e))?;
-                if let Some(o) = r.object() {
-                    self.unref_object(&mut batch, &o);
-                }
-                batch.delete(Cf::Chunks, k);
-            }
+            // Only the chunks at or past the new end (at most a slice
+            // after `shrink_in_slices`): seek straight to them.
+            self.release_chunks(&mut batch, ino, keep, usize::MAX)?;
             let within = (size % CHUNK_SIZE as u64) as usize;
             if within != 0 {
                 self.modify_chunk(
@@ -844,6 +839,9 @@ fn idle_loop(vault: std::sync::Weak<Vault>) {
             return;
         }
         v.idle_tick();
+        if let Err(e) = v.reap() {
+            tracing::error!("freeing deleted files failed: {e}");
+        }
         // Object files released by overwrites and deletes go once their
         // release is durable: a WAL sync every few seconds while any wait.
         if synced.elapsed() >= v.opts.release_sync && v.store.has_doomed_files() {

@@ -9,6 +9,7 @@
 //! Every metadata change is one atomic store batch.
 
 mod data;
+mod free;
 mod load;
 mod network;
 pub mod records;
@@ -281,6 +282,8 @@ pub struct Vault {
     jobs: Mutex<VecDeque<Job>>,
     jobs_ready: Condvar,
     stopping: AtomicBool,
+    /// Deleted files wait for their chunks to be freed (`free.rs`).
+    reap_pending: AtomicBool,
     fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
     disk_cache: Mutex<network::DiskCache>,
 }
@@ -345,6 +348,7 @@ impl Vault {
             jobs: Mutex::new(VecDeque::new()),
             jobs_ready: Condvar::new(),
             stopping: AtomicBool::new(false),
+            reap_pending: AtomicBool::new(false),
             fetcher: std::sync::OnceLock::new(),
             disk_cache: Mutex::new(network::DiskCache::new(opts.disk_cache)),
             opts,
@@ -372,8 +376,13 @@ impl Vault {
         let mut batch = Txn::default();
         for (k, _) in &orphans {
             let ino = Ino::from_be_bytes(k[..8].try_into().map_err(|e| corrupt("orphan key", e))?);
-            self.free_inode(&mut inner, &mut batch, ino)?;
+            // Files without an inode are being freed already (`free.rs`).
+            if self.store.get(Cf::Inodes, &ino_key(ino))?.is_some() {
+                self.free_inode(&mut inner, &mut batch, ino)?;
+            }
         }
+        self.reap_pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for (k, v) in self.store.scan(Cf::Objects, &[], usize::MAX)? {
             let rec: ObjectRecord = decode(&open_record(&self.keys, Cf::Objects, &k, &v)?)
                 .map_err(|e| corrupt("object record", e))?;
@@ -645,27 +654,6 @@ impl Vault {
         } else {
             self.free_inode(inner, batch, ino)?;
         }
-        Ok(())
-    }
-
-    /// Deletes an inode with its chunks and attributes.
-    fn free_inode(&self, inner: &mut Inner, batch: &mut Txn, ino: Ino) -> Result<()> {
-        if let Some(f) = inner.files.remove(&ino) {
-            inner.dirty_bytes -= f.dirty.values().map(|d| d.data.len()).sum::<usize>();
-        }
-        for (k, v) in self.store.scan(Cf::Chunks, &ino_key(ino), usize::MAX)? {
-            let r: ChunkRef = decode(&open_record(&self.keys, Cf::Chunks, &k, &v)?)
-                .map_err(|e| corrupt("chunk map", e))?;
-            if let Some(o) = r.object() {
-                self.unref_object(batch, &o);
-            }
-            batch.delete(Cf::Chunks, k);
-        }
-        for (k, _) in self.store.scan(Cf::Xattrs, &ino_key(ino), usize::MAX)? {
-            batch.delete(Cf::Xattrs, k);
-        }
-        batch.delete(Cf::Inodes, ino_key(ino).to_vec());
-        batch.delete(Cf::Orphans, ino_key(ino).to_vec());
         Ok(())
     }
 
@@ -993,9 +981,17 @@ impl Vault {
 
     // ---- status -------------------------------------------------------------
 
-    /// Counts files and bytes (a scan of the inode table; not for hot paths).
+    /// Counts files and bytes (a scan of the inode table, decrypted without
+    /// the vault lock; the lock is taken only to read the counters and the
+    /// sizes of files being written).
     pub fn stats(&self) -> Result<VaultStats> {
-        let rows = self.store.scan(Cf::Inodes, &[], usize::MAX)?;
+        let mut inodes = Vec::new();
+        for (k, v) in self.store.scan(Cf::Inodes, &[], usize::MAX)? {
+            let ino = Ino::from_be_bytes(k[..8].try_into().map_err(|e| corrupt("inode key", e))?);
+            let inode: Inode = decode(&open_record(&self.keys, Cf::Inodes, &k, &v)?)
+                .map_err(|e| corrupt("inode", e))?;
+            inodes.push((ino, inode.kind, inode.size));
+        }
         let inner = self.lock();
         let mut s = VaultStats {
             stored_bytes: inner.counters.stored_bytes,
@@ -1005,18 +1001,15 @@ impl Vault {
             allowed_bytes: self.opts.allowance,
             ..Default::default()
         };
-        for (k, v) in rows {
-            let ino = Ino::from_be_bytes(k[..8].try_into().map_err(|e| corrupt("inode key", e))?);
-            let inode: Inode = match inner.files.get(&ino) {
-                Some(f) => f.inode.clone(),
-                None => decode(&open_record(&self.keys, Cf::Inodes, &k, &v)?)
-                    .map_err(|e| corrupt("inode", e))?,
-            };
-            match inode.kind {
+        for (ino, kind, size) in &mut inodes {
+            if let Some(f) = inner.files.get(ino) {
+                *size = f.inode.size;
+            }
+            match kind {
                 Kind::Dir => s.dirs += 1,
                 Kind::File => {
                     s.files += 1;
-                    s.logical_bytes += inode.size;
+                    s.logical_bytes += *size;
                 }
                 _ => s.files += 1,
             }

@@ -409,7 +409,9 @@ impl Vault {
             .chain(&st.segments)
             .chain(&st.head)
             .collect();
-        let mut inner = self.lock();
+        // Decrypted before taking the lock: only publishing (this caller)
+        // adds or drops metadata object records.
+        let mut gone = Vec::new();
         for (k, v) in self.store.scan(Cf::Chain, &[], usize::MAX)? {
             let Ok(raw) = <[u8; 32]>::try_from(&k[..]) else {
                 continue;
@@ -420,18 +422,23 @@ impl Vault {
             }
             let rec: ChainRecord = decode(&open_record(&self.keys, Cf::Chain, &k, &v)?)
                 .map_err(|e| corrupt("metadata object record", e))?;
-            let id = &id;
             for f in rec.placement.iter().flat_map(|p| &p.fragments) {
                 batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
             }
-            self.dequeue_upload(&mut inner, &mut batch, id, rec.size)?;
             batch.delete(Cf::Chain, id.0.to_vec());
             batch.delete(Cf::Cached, id.0.to_vec());
-            batch.delete_object(id, rec.size);
-            self.forget_cached(id);
+            batch.delete_object(&id, rec.size);
+            gone.push((id, rec.size));
+        }
+        let mut inner = self.lock();
+        for (id, size) in &gone {
+            self.dequeue_upload(&mut inner, &mut batch, id, *size)?;
         }
         self.store.write(batch)?;
         drop(inner);
+        for (id, _) in &gone {
+            self.forget_cached(id);
+        }
         self.store.trim_journal(st.upto)?;
         self.store.sync()?;
         Ok(())

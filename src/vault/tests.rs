@@ -336,3 +336,125 @@ proptest! {
         prop_assert_eq!(v.read(f, 0, model.len() + 1).unwrap(), model);
     }
 }
+
+/// Content of chunk `i` of a test file: distinct per chunk (no dedup) and
+/// larger than an inline chunk, so each chunk is its own object.
+fn chunk_content(i: u64) -> Vec<u8> {
+    let mut c = vec![(i % 251) as u8 + 1; INLINE_CHUNK_MAX + 100];
+    c[..8].copy_from_slice(&i.to_be_bytes());
+    c
+}
+
+/// Calls `probe` in a loop on another thread until `work` returns; the
+/// longest single call.
+fn longest_during(probe: impl Fn() + Send + 'static, work: impl FnOnce()) -> Duration {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let prober = std::thread::spawn(move || {
+        let mut longest = Duration::ZERO;
+        while !s.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            probe();
+            longest = longest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        longest
+    });
+    work();
+    stop.store(true, Ordering::Relaxed);
+    prober.join().unwrap()
+}
+
+use std::time::Duration;
+
+/// Deleting or truncating a file of many thousand chunks frees them in
+/// slices: the vault lock is never held for the whole file, so operations
+/// on other files go on meanwhile; every object is released in the end,
+/// also across a reopen in the middle.
+#[test]
+fn freeing_a_large_file_does_not_hold_up_other_files() {
+    let (dir, v) = fresh();
+    const CHUNKS: u64 = 40_000;
+    let mk = |v: &Vault, name: &str, salt: u64| {
+        let f = file(v, ROOT_INO, name);
+        for i in 0..CHUNKS {
+            v.write(f, i * CHUNK_SIZE as u64, &chunk_content(i + salt))
+                .unwrap();
+        }
+        v.fsync(f).unwrap();
+        f
+    };
+    let other = file(&v, ROOT_INO, "other");
+    v.write(other, 0, b"small").unwrap();
+    let big = mk(&v, "big", 0);
+    assert_eq!(v.stats().unwrap().objects, CHUNKS);
+    let probe = {
+        let v = v.clone();
+        move || {
+            v.getattr(other).unwrap();
+            v.write(other, 0, b"small").unwrap();
+        }
+    };
+    let mut spent = Duration::ZERO;
+    let longest = longest_during(probe.clone(), || {
+        let t = std::time::Instant::now();
+        v.setattr(
+            big,
+            SetAttr {
+                size: Some(CHUNK_SIZE as u64),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        spent = t.elapsed();
+    });
+    eprintln!("truncate of {CHUNKS} chunks took {spent:?}; longest other call {longest:?}");
+    assert_eq!(v.stats().unwrap().objects, 1);
+    assert!(
+        longest < Duration::from_millis(150),
+        "a truncate held up other files for {longest:?}"
+    );
+
+    let big2 = mk(&v, "big2", CHUNKS);
+    let _ = big2;
+    let longest = longest_during(probe, || {
+        let t = std::time::Instant::now();
+        v.unlink(ROOT_INO, b"big2").unwrap();
+        spent = t.elapsed();
+        let t = std::time::Instant::now();
+        while v.stats().unwrap().objects > 1 {
+            assert!(t.elapsed() < Duration::from_secs(120), "never freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    eprintln!("unlink of {CHUNKS} chunks took {spent:?}; longest other call {longest:?}");
+    assert!(
+        longest < Duration::from_millis(150),
+        "an unlink held up other files for {longest:?}"
+    );
+    assert!(matches!(
+        v.lookup(ROOT_INO, b"big2"),
+        Err(VaultError::NotFound)
+    ));
+
+    // A reopen in the middle of freeing goes on where it stopped.
+    mk(&v, "big3", 2 * CHUNKS);
+    v.unlink(ROOT_INO, b"big3").unwrap();
+    v.shutdown().unwrap();
+    drop(v);
+    std::thread::sleep(Duration::from_millis(100));
+    let v = open(dir.path());
+    let t = std::time::Instant::now();
+    while v.stats().unwrap().objects > 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "never freed after a reopen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = v.stats().unwrap();
+    assert_eq!((s.files, s.objects), (2, 1));
+    assert_eq!(v.read(big, 0, 8).unwrap(), 0u64.to_be_bytes());
+}
