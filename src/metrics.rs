@@ -23,7 +23,7 @@ pub fn render(node: &NodeHandle) -> String {
         .filter(|p| p.connected() && p.storage)
         .count();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let table: [(&str, &str, &str, u64); 14] = [
+    let table: [(&str, &str, &str, u64); 15] = [
         (
             "donated_bytes",
             "gauge",
@@ -78,6 +78,12 @@ pub fn render(node: &NodeHandle) -> String {
             "counter",
             "PUTs refused (full, bad id, malformed).",
             load(&c.refused),
+        ),
+        (
+            "busy_total",
+            "counter",
+            "Requests answered busy (too much inbound work queued).",
+            load(&c.busy),
         ),
         (
             "errors_total",

@@ -494,6 +494,9 @@ impl Remote {
                         proofs: Vec::new(),
                     });
                 }
+                Ok(Ok(Response::Busy)) => {
+                    last = format!("peer {peer} was too busy to store a fragment");
+                }
                 Ok(Ok(Response::Refused(why))) => {
                     self.node.note_capacity(&peer, |c| c.available = 0);
                     last = format!("peer {peer} refused a fragment: {why}");
@@ -1461,6 +1464,9 @@ pub async fn fetch_object(
                     }
                     Ok(Ok(Response::NotFound)) => {
                         problems.push(format!("peer {peer} no longer has fragment {fid}"));
+                    }
+                    Ok(Ok(Response::Busy)) => {
+                        problems.push(format!("peer {peer} was too busy to answer"));
                     }
                     Ok(Ok(other)) => {
                         node.strike(&peer, &format!("unexpected answer to GET: {other:?}"));

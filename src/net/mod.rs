@@ -160,6 +160,8 @@ pub struct NodeCounters {
     pub errors: AtomicU64,
     /// Requests dropped as malformed or oversized.
     pub malformed: Arc<AtomicU64>,
+    /// Requests answered `Busy` (too much inbound work queued).
+    pub busy: AtomicU64,
 }
 
 struct Shared {
@@ -174,6 +176,10 @@ struct Shared {
     book: std::sync::Mutex<addrbook::AddressBook>,
     clock: Arc<dyn Clock>,
     fault: Option<Fault>,
+    /// Inbound requests working on the blocking pool.
+    inbound: Arc<tokio::sync::Semaphore>,
+    /// Inbound requests working or waiting for a permit.
+    inbound_load: AtomicU64,
 }
 
 impl Shared {
@@ -184,6 +190,12 @@ impl Shared {
 
 /// Peers from the address book dialed at start.
 const DIAL_AT_START: usize = 32;
+/// Inbound requests served at once (each on a blocking thread: disk IO).
+const INBOUND_WORKERS: usize = 16;
+/// Inbound requests that may wait for a worker; more are answered `Busy`.
+const INBOUND_QUEUE: u64 = 256;
+/// Commands queued for the swarm task before senders wait.
+const COMMAND_QUEUE: usize = 1024;
 
 enum Command {
     Request {
@@ -226,7 +238,7 @@ enum KadPending {
 #[derive(Clone)]
 pub struct NodeHandle {
     shared: Arc<Shared>,
-    cmd: mpsc::UnboundedSender<Command>,
+    cmd: mpsc::Sender<Command>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -384,10 +396,12 @@ impl NodeHandle {
             book: std::sync::Mutex::new(book),
             clock: cfg.clock.clone(),
             fault: cfg.fault,
+            inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
+            inbound_load: AtomicU64::new(0),
         });
         let shared_frags = Arc::downgrade(&shared.frags);
         let shared_book = Arc::downgrade(&shared);
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = NodeHandle {
             shared: shared.clone(),
             cmd: cmd_tx,
@@ -440,21 +454,42 @@ impl NodeHandle {
     }
 
     pub fn dial(&self, addr: Multiaddr) {
-        let _ = self.cmd.send(Command::Dial(addr));
+        self.command(Command::Dial(addr));
+    }
+
+    /// Queues a command for the swarm task from a caller that cannot wait:
+    /// if the queue is full, a task (or, outside the runtime, this thread)
+    /// waits for room. Only local callers use this; work that the network
+    /// starts waits for room on its own blocking thread.
+    fn command(&self, cmd: Command) {
+        match self.cmd.try_send(cmd) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.cmd.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move { tx.send(cmd).await });
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(cmd);
+                    }
+                }
+            }
+        }
     }
 
     /// Starts reaching `peer` if it is not connected: its known addresses,
     /// else a DHT lookup of its id (a holder after a restart).
     pub fn find_peer(&self, peer: PeerId) {
         if !self.is_connected(&peer) {
-            let _ = self.cmd.send(Command::Find(peer));
+            self.command(Command::Find(peer));
         }
     }
 
     /// Looks for more peers now (new nodes are otherwise found within a
     /// capacity tick, 15 s).
     pub fn look_for_peers(&self) {
-        let _ = self.cmd.send(Command::Bootstrap);
+        self.command(Command::Bootstrap);
     }
 
     /// Peers in the address book, and how many of them are not connected.
@@ -485,7 +520,7 @@ impl NodeHandle {
         if let Err(e) = addrbook::AddressBook::save_shared(&self.shared.book) {
             tracing::warn!("cannot write the address book: {e}");
         }
-        let _ = self.cmd.send(Command::Stop);
+        self.command(Command::Stop);
     }
 
     /// Sends a request and waits for the answer (the protocol's own timeout
@@ -498,6 +533,7 @@ impl NodeHandle {
                 req,
                 reply: tx,
             })
+            .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
@@ -580,7 +616,7 @@ impl NodeHandle {
             .map_err(|e| e.to_string())?;
         if out == RootOutcome::Stored {
             let r = kad::Record::new(kad::RecordKey::new(key), record.to_vec());
-            let _ = self.cmd.send(Command::KadKeep(r));
+            self.command(Command::KadKeep(r));
         }
         Ok(out)
     }
@@ -594,6 +630,7 @@ impl NodeHandle {
         record.expires = None;
         self.cmd
             .send(Command::KadPut { record, reply: tx })
+            .await
             .map_err(|_| NetError::Stopped.to_string())?;
         rx.await.map_err(|_| NetError::Stopped.to_string())?
     }
@@ -606,10 +643,21 @@ impl NodeHandle {
             key: kad::RecordKey::new(key),
             reply: tx,
         };
-        let sent = self.cmd.send(cmd).is_ok();
+        let tx = self.cmd.clone();
+        let queued = match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => Err(Some(cmd)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        };
         async move {
-            if !sent {
-                return Vec::new();
+            match queued {
+                Ok(()) => {}
+                Err(Some(cmd)) => {
+                    if tx.send(cmd).await.is_err() {
+                        return Vec::new();
+                    }
+                }
+                Err(None) => return Vec::new(),
             }
             rx.await.unwrap_or_default()
         }
@@ -664,7 +712,7 @@ async fn collect_expired(frags: std::sync::Weak<FragmentStore>, every: Duration)
 struct Driver {
     swarm: Swarm<Behaviour>,
     shared: Arc<Shared>,
-    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    cmd_rx: mpsc::Receiver<Command>,
     handle: NodeHandle,
     pending: HashMap<OutboundRequestId, Pending>,
     kad_pending: HashMap<kad::QueryId, KadPending>,
@@ -860,7 +908,7 @@ impl Driver {
         let handle = self.handle.clone();
         tokio::task::spawn_blocking(move || match shared.frags.put_root(&key, &record.value) {
             Ok(RootOutcome::Stored) => {
-                let _ = handle.cmd.send(Command::KadKeep(record));
+                let _ = handle.cmd.blocking_send(Command::KadKeep(record));
             }
             Ok(RootOutcome::Same) => {}
             Ok(RootOutcome::Refused(why)) => tracing::debug!("refused a DHT record: {why}"),
@@ -1050,96 +1098,122 @@ impl Driver {
             });
             return;
         }
-        tokio::task::spawn_blocking(move || {
-            let c = &shared.counters;
-            let resp = match req {
-                Request::Put { id, lease, data } => {
-                    let gives = shared
-                        .credits
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&peer)
-                        .copied()
-                        .unwrap_or(0);
-                    match shared
-                        .frags
-                        .put(&id, &data, &peer.to_bytes(), gives, &lease)
-                    {
-                        Ok(PutOutcome::Stored) => {
-                            c.fragments_stored.fetch_add(1, Ordering::Relaxed);
-                            c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            Response::Stored
-                        }
-                        Ok(PutOutcome::Refused(r)) => {
-                            c.refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, "refused a fragment: {r}");
-                            Response::Refused(r)
-                        }
-                        Err(e) => {
-                            c.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("fragment store: {e}");
-                            Response::Failed(format!("storage error on the node: {e}"))
-                        }
-                    }
-                }
-                Request::Get { id } => match shared.frags.get(&id) {
-                    Ok(Some(mut data)) => {
-                        match shared.fault {
-                            Some(Fault::Corrupt) if !data.is_empty() => {
-                                let at = data.len() - 1;
-                                data[at] ^= 1;
-                            }
-                            Some(Fault::Truncate) => data.truncate(data.len() / 2),
-                            _ => {}
-                        }
-                        c.fragments_served.fetch_add(1, Ordering::Relaxed);
-                        c.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        Response::Fragment(data.into())
-                    }
-                    Ok(None) => Response::NotFound,
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::Renew { secs, items } => match shared.frags.renew(&items, secs) {
-                    Ok(v) => Response::Has(v),
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::Cancel { items } => match shared.frags.cancel(&items) {
-                    Ok(v) => Response::Has(v),
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::Audit { id, start } => match shared.frags.get(&id) {
-                    Ok(Some(mut data)) => {
-                        if shared.fault == Some(Fault::Corrupt) && !data.is_empty() {
-                            let at = (start as usize).min(data.len() - 1);
-                            data[at] ^= 1;
-                        }
-                        Response::Proof(crate::maint::audit::prove(&data, start))
-                    }
-                    Ok(None) => Response::NotFound,
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::Has { ids } => match shared.frags.has(&ids) {
-                    Ok(v) => Response::Has(v),
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::Capacity => Response::Capacity(shared.frags.capacity()),
-                Request::RootPut { key, record } => match shared.frags.put_root(&key, &record) {
-                    Ok(RootOutcome::Stored) => {
-                        let r = kad::Record::new(kad::RecordKey::new(&key), record);
-                        let _ = handle.cmd.send(Command::KadKeep(r));
-                        Response::Stored
-                    }
-                    Ok(RootOutcome::Same) => Response::Stored,
-                    Ok(RootOutcome::Refused(why)) => Response::Refused(why),
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
-                Request::RootGet { key } => match shared.frags.get_root(&key) {
-                    Ok(Some(r)) => Response::Root(r),
-                    Ok(None) => Response::NotFound,
-                    Err(e) => Response::Failed(format!("storage error on the node: {e}")),
-                },
+        // Bounded: a few requests work (disk IO on the blocking pool), some
+        // more wait their turn, the rest are told to come back later.
+        if shared.inbound_load.fetch_add(1, Ordering::Relaxed)
+            >= INBOUND_WORKERS as u64 + INBOUND_QUEUE
+        {
+            shared.inbound_load.fetch_sub(1, Ordering::Relaxed);
+            shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .frag
+                .send_response(channel, Response::Busy);
+            return;
+        }
+        tokio::spawn(async move {
+            let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
+                return;
             };
-            let _ = handle.cmd.send(Command::Respond { channel, resp });
+            tokio::task::spawn_blocking(move || {
+                let resp = answer(&shared, &handle, peer, req);
+                drop(permit);
+                shared.inbound_load.fetch_sub(1, Ordering::Relaxed);
+                let _ = handle.cmd.blocking_send(Command::Respond { channel, resp });
+            });
         });
+    }
+}
+
+/// The answer to one inbound request (on a blocking thread: disk IO).
+fn answer(shared: &Shared, handle: &NodeHandle, peer: PeerId, req: Request) -> Response {
+    let c = &shared.counters;
+    match req {
+        Request::Put { id, lease, data } => {
+            let gives = shared
+                .credits
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&peer)
+                .copied()
+                .unwrap_or(0);
+            match shared
+                .frags
+                .put(&id, &data, &peer.to_bytes(), gives, &lease)
+            {
+                Ok(PutOutcome::Stored) => {
+                    c.fragments_stored.fetch_add(1, Ordering::Relaxed);
+                    c.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    Response::Stored
+                }
+                Ok(PutOutcome::Refused(r)) => {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, "refused a fragment: {r}");
+                    Response::Refused(r)
+                }
+                Err(e) => {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("fragment store: {e}");
+                    Response::Failed(format!("storage error on the node: {e}"))
+                }
+            }
+        }
+        Request::Get { id } => match shared.frags.get(&id) {
+            Ok(Some(mut data)) => {
+                match shared.fault {
+                    Some(Fault::Corrupt) if !data.is_empty() => {
+                        let at = data.len() - 1;
+                        data[at] ^= 1;
+                    }
+                    Some(Fault::Truncate) => data.truncate(data.len() / 2),
+                    _ => {}
+                }
+                c.fragments_served.fetch_add(1, Ordering::Relaxed);
+                c.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Response::Fragment(data.into())
+            }
+            Ok(None) => Response::NotFound,
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::Renew { secs, items } => match shared.frags.renew(&items, secs) {
+            Ok(v) => Response::Has(v),
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::Cancel { items } => match shared.frags.cancel(&items) {
+            Ok(v) => Response::Has(v),
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::Audit { id, start } => match shared.frags.get(&id) {
+            Ok(Some(mut data)) => {
+                if shared.fault == Some(Fault::Corrupt) && !data.is_empty() {
+                    let at = (start as usize).min(data.len() - 1);
+                    data[at] ^= 1;
+                }
+                Response::Proof(crate::maint::audit::prove(&data, start))
+            }
+            Ok(None) => Response::NotFound,
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::Has { ids } => match shared.frags.has(&ids) {
+            Ok(v) => Response::Has(v),
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::Capacity => Response::Capacity(shared.frags.capacity()),
+        Request::RootPut { key, record } => match shared.frags.put_root(&key, &record) {
+            Ok(RootOutcome::Stored) => {
+                let r = kad::Record::new(kad::RecordKey::new(&key), record);
+                let _ = handle.cmd.blocking_send(Command::KadKeep(r));
+                Response::Stored
+            }
+            Ok(RootOutcome::Same) => Response::Stored,
+            Ok(RootOutcome::Refused(why)) => Response::Refused(why),
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
+        Request::RootGet { key } => match shared.frags.get_root(&key) {
+            Ok(Some(r)) => Response::Root(r),
+            Ok(None) => Response::NotFound,
+            Err(e) => Response::Failed(format!("storage error on the node: {e}")),
+        },
     }
 }

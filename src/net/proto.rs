@@ -143,6 +143,9 @@ pub enum Response {
     Refused(String),
     /// The request was understood but failed on the node.
     Failed(String),
+    /// The node has too much inbound work queued: ask again later or ask
+    /// another holder (not a fault of the node).
+    Busy,
 }
 
 impl std::fmt::Debug for Response {
@@ -157,6 +160,7 @@ impl std::fmt::Debug for Response {
             Response::Root(r) => write!(f, "Root({}B)", r.len()),
             Response::Refused(r) => write!(f, "Refused({r})"),
             Response::Failed(r) => write!(f, "Failed({r})"),
+            Response::Busy => write!(f, "Busy"),
         }
     }
 }
@@ -332,6 +336,7 @@ impl Response {
                 out.push(9);
                 out.extend_from_slice(r);
             }
+            Response::Busy => out.push(10),
             Response::Capacity(c) => {
                 out.push(5);
                 for v in [c.donated, c.used, c.available] {
@@ -383,6 +388,7 @@ impl Response {
             8 if rest.len() <= crate::maint::audit::MAX_PROOF => Ok(Response::Proof(rest.to_vec())),
             7 => Ok(Response::Failed(reason(rest)?)),
             9 if rest.len() <= crate::root::MAX_ROOT => Ok(Response::Root(rest.to_vec())),
+            10 => empty(Response::Busy),
             _ => Err(invalid(format!("bad response type {tag}"))),
         }
     }
@@ -527,6 +533,7 @@ mod tests {
             Response::Proof(vec![8; 1500]),
             Response::Refused("full".into()),
             Response::Failed("disk".into()),
+            Response::Busy,
         ] {
             assert_eq!(Response::decode(flat(r.encode())).unwrap(), r);
         }

@@ -21,6 +21,8 @@ type Bases = std::collections::HashMap<u64, (ObjectId, Plain)>;
 
 /// Chunks loaded ahead of a sequential reader.
 const PREFETCH_CHUNKS: u64 = 2;
+/// Prefetches waiting for a worker; more are dropped.
+const MAX_PREFETCHES_QUEUED: usize = 16;
 
 impl Vault {
     /// The active state of a file, loading it on first use.
@@ -505,7 +507,17 @@ impl Vault {
         match job {
             // Seals go first: they free memory that writers wait for.
             Job::Seal { .. } => jobs.push_front(job),
-            Job::Prefetch { .. } => jobs.push_back(job),
+            // Prefetches are advisory: a few queued at most.
+            Job::Prefetch { .. } => {
+                let queued = jobs
+                    .iter()
+                    .filter(|j| matches!(j, Job::Prefetch { .. }))
+                    .count();
+                if queued >= MAX_PREFETCHES_QUEUED {
+                    return;
+                }
+                jobs.push_back(job)
+            }
         }
         self.jobs_ready.notify_one();
     }
