@@ -291,7 +291,11 @@ pub struct Vault {
 impl Vault {
     /// Creates the store of a new vault with its root directory.
     pub fn create(dir: &Path, keys: &VaultKeys, uid: u32, gid: u32) -> Result<()> {
-        let store = Store::open(dir)?;
+        Self::create_in(&Store::open(dir)?, keys, uid, gid)
+    }
+
+    /// Writes a new vault's root directory and counters into `store`.
+    pub fn create_in(store: &Store, keys: &VaultKeys, uid: u32, gid: u32) -> Result<()> {
         let mut root = Inode::new(Kind::Dir, 0o755, uid, gid, ROOT_INO);
         root.size = 4096;
         let counters = Counters {
@@ -317,7 +321,17 @@ impl Vault {
     /// Opens the vault store in `dir`, finishes what a crash interrupted and
     /// starts the background workers.
     pub fn open(dir: &Path, name: &str, keys: VaultKeys, opts: VaultOptions) -> Result<Arc<Self>> {
-        let store = Store::open(dir)?;
+        Self::open_in(Store::open(dir)?, name, keys, opts)
+    }
+
+    /// Opens a vault on a store made by [`Vault::create_in`] (for example
+    /// [`Store::in_memory`]).
+    pub fn open_in(
+        store: Store,
+        name: &str,
+        keys: VaultKeys,
+        opts: VaultOptions,
+    ) -> Result<Arc<Self>> {
         let counters = match store.get(Cf::Meta, COUNTERS_KEY)? {
             Some(v) => {
                 let plain = open_record(&keys, Cf::Meta, COUNTERS_KEY, &v)?;

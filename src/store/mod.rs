@@ -1,14 +1,26 @@
-//! Local storage: RocksDB for metadata (one column family per record kind) and
-//! sealed objects, small ones inline in RocksDB and large ones as files.
+//! Local storage: ordered key-value families for metadata (one per record
+//! kind) and sealed objects, small ones inline and large ones as files; the
+//! journal of replicated changes; object files released only once their
+//! release is durable.
 //!
-//! Architecture invariant: the only module that imports `rocksdb`. It stores
-//! opaque bytes; it knows nothing about what they mean or how they are sealed.
+//! The key-value part is an interface (`kv.rs`) with two implementations:
+//! RocksDB (`rocks.rs`, the only file that imports `rocksdb`) and memory.
+//! Architecture invariant: stores opaque bytes; it knows nothing about what
+//! they mean or how they are sealed.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::crypto::ObjectId;
+
+mod kv;
+mod rocks;
+#[cfg(test)]
+mod tests;
+
+use kv::{Kv, MemKv, Op};
+use rocks::RocksKv;
 
 /// Errors from the local store.
 #[derive(Debug, thiserror::Error)]
@@ -21,10 +33,6 @@ pub enum StoreError {
     Db(String),
     #[error("object store IO error on {path}: {err}")]
     Io { path: PathBuf, err: io::Error },
-}
-
-fn db_err(e: rocksdb::Error) -> StoreError {
-    StoreError::Db(e.into_string())
 }
 
 /// Column families, one per record kind.
@@ -202,8 +210,10 @@ impl Batch {
 /// A local database: a vault's (metadata and object directory) or a node's
 /// (fragments stored for others).
 pub struct Store {
-    db: rocksdb::DB,
-    objects_dir: PathBuf,
+    kv: Box<dyn Kv>,
+    /// Where objects over [`INLINE_MAX`] live as files; `None` for an
+    /// in-memory store, which keeps every object inline.
+    objects_dir: Option<PathBuf>,
     /// Object files released by batches that may not be durable yet: they
     /// are removed only after a WAL sync (see [`sync`](Self::sync)).
     doomed: std::sync::Mutex<Doomed>,
@@ -223,70 +233,47 @@ impl Store {
         Self::open_with(dir, &NODE_CFS)
     }
 
+    /// A vault store in memory: the same behaviour, nothing durable.
+    pub fn in_memory() -> Self {
+        Self::with_kv(Box::new(MemKv::new(&VAULT_CFS)), None, true)
+            .expect("an empty memory store opens")
+    }
+
     fn open_with(dir: &Path, families: &[Cf]) -> Result<Self, StoreError> {
-        let db_path = dir.join("db");
         let objects_dir = dir.join("objects");
         fs::create_dir_all(&objects_dir).map_err(|err| StoreError::Io {
             path: objects_dir.clone(),
             err,
         })?;
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_total_wal_size(256 << 20);
-        let cfs = families.iter().map(|cf| {
-            let mut o = rocksdb::Options::default();
-            if *cf == Cf::Blobs {
-                // Values up to INLINE_MAX: keep them out of the LSM tree.
-                o.set_enable_blob_files(true);
-                o.set_min_blob_size(4096);
-                o.set_enable_blob_gc(true);
-            }
-            rocksdb::ColumnFamilyDescriptor::new(cf.name(), o)
-        });
-        let db = rocksdb::DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| {
-            let msg = e.into_string();
-            if msg.contains("lock") || msg.contains("LOCK") {
-                StoreError::Locked(msg)
-            } else {
-                StoreError::Open {
-                    path: db_path.clone(),
-                    msg,
-                }
-            }
-        })?;
-        let journal = if families.contains(&Cf::Journal) {
-            let last = db
-                .iterator_cf(
-                    db.cf_handle(Cf::Journal.name()).expect("journal family"),
-                    rocksdb::IteratorMode::End,
-                )
-                .next()
-                .transpose()
-                .map_err(db_err)?
-                .map_or(0, |(k, _)| seq_of(&k));
+        let kv = RocksKv::open(&dir.join("db"), families)?;
+        Self::with_kv(
+            Box::new(kv),
+            Some(objects_dir),
+            families.contains(&Cf::Journal),
+        )
+    }
+
+    fn with_kv(
+        kv: Box<dyn Kv>,
+        objects_dir: Option<PathBuf>,
+        journaled: bool,
+    ) -> Result<Self, StoreError> {
+        let journal = if journaled {
+            let last = kv.last_key(Cf::Journal)?.map_or(0, |k| seq_of(&k));
             Some(std::sync::Mutex::new(last + 1))
         } else {
             None
         };
         Ok(Store {
-            db,
+            kv,
             objects_dir,
             doomed: Default::default(),
             journal,
         })
     }
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        // Every family of the store's kind is created at open; asking a node
-        // store for a vault family is a programming error.
-        self.db.cf_handle(cf.name()).expect("column family exists")
-    }
-
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(cf), key).map_err(db_err)
+        self.kv.get(cf, key)
     }
 
     /// All records whose key starts with `prefix`, in key order, at most `limit`.
@@ -302,19 +289,7 @@ impl Store {
         from: &[u8],
         limit: usize,
     ) -> Result<Records, StoreError> {
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(cf),
-            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(db_err)?;
-            if !k.starts_with(prefix) || out.len() >= limit {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.kv.scan_from(cf, prefix, from, limit)
     }
 
     /// Applies a batch atomically (not yet synced: see [`sync`](Self::sync)).
@@ -324,31 +299,43 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut wb = rocksdb::WriteBatch::default();
+        let mut ops = Vec::with_capacity(batch.ops.len() + 1);
         // Borrowed: postcard writes these exactly like a `Vec<Change>`, so the
         // journal costs one serialization, not a copy of every record.
         let mut changes: Vec<ChangeRef> = Vec::new();
-        for (cf, k, v) in &batch.ops {
-            match v {
-                Some(v) => wb.put_cf(self.cf(*cf), k, v),
-                None => wb.delete_cf(self.cf(*cf), k),
-            }
-            if let (Some(code), Some(_)) = (cf.code(), &self.journal) {
-                changes.push((code, k, v.as_deref()));
+        if self.journal.is_some() {
+            for (cf, k, v) in &batch.ops {
+                if let Some(code) = cf.code() {
+                    changes.push((code, k, v.as_deref()));
+                }
             }
         }
-        match (&self.journal, changes.is_empty()) {
-            (Some(next), false) => {
+        let entry = (!changes.is_empty())
+            .then(|| postcard::to_allocvec(&changes).expect("changes serialize"));
+        drop(changes);
+        for (cf, k, v) in batch.ops {
+            ops.push(match v {
+                Some(v) => Op::Put(cf, k, v),
+                None => Op::Delete(cf, k),
+            });
+        }
+        let in_memory = self.objects_dir.is_none();
+        if in_memory {
+            for id in &batch.delete_files {
+                ops.push(Op::Delete(Cf::Blobs, id.0.to_vec()));
+            }
+        }
+        match (&self.journal, entry) {
+            (Some(next), Some(entry)) => {
                 // The entry commits in the same batch as the change it logs.
                 let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = postcard::to_allocvec(&changes).expect("changes serialize");
-                wb.put_cf(self.cf(Cf::Journal), next.to_be_bytes(), entry);
-                self.db.write(wb).map_err(db_err)?;
+                ops.push(Op::Put(Cf::Journal, next.to_be_bytes().to_vec(), entry));
+                self.kv.write(ops)?;
                 *next += 1;
             }
-            _ => self.db.write(wb).map_err(db_err)?,
+            _ => self.kv.write(ops)?,
         }
-        if batch.delete_files.is_empty() {
+        if batch.delete_files.is_empty() || in_memory {
             return Ok(());
         }
         let many = {
@@ -384,33 +371,36 @@ impl Store {
         after: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        const PAGE: usize = 64;
         let mut out = Vec::new();
         let mut bytes = 0;
-        let iter = self.db.iterator_cf(
-            self.cf(Cf::Journal),
-            rocksdb::IteratorMode::From(
-                &(after.saturating_add(1)).to_be_bytes(),
-                rocksdb::Direction::Forward,
-            ),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(db_err)?;
-            if !out.is_empty() && bytes + v.len() > max_bytes {
-                break;
+        let mut from = after.saturating_add(1).to_be_bytes().to_vec();
+        loop {
+            let page = self.kv.scan_from(Cf::Journal, &[], &from, PAGE)?;
+            let full = page.len() == PAGE;
+            for (k, v) in page {
+                if !out.is_empty() && bytes + v.len() > max_bytes {
+                    return Ok(out);
+                }
+                bytes += v.len();
+                from = (seq_of(&k) + 1).to_be_bytes().to_vec();
+                out.push((seq_of(&k), v));
             }
-            bytes += v.len();
-            out.push((seq_of(&k), v.to_vec()));
+            if !full {
+                return Ok(out);
+            }
         }
-        Ok(out)
     }
 
     /// Drops journal entries before `upto` (they are on the network). The
     /// entry numbered `upto` stays: it keeps the numbering going across a
     /// restart, so later entries are never numbered as if published.
     pub fn trim_journal(&self, upto: u64) -> Result<(), StoreError> {
-        self.db
-            .delete_range_cf(self.cf(Cf::Journal), 0u64.to_be_bytes(), upto.to_be_bytes())
-            .map_err(db_err)
+        self.kv.write(vec![Op::DeleteRange(
+            Cf::Journal,
+            0u64.to_be_bytes().to_vec(),
+            upto.to_be_bytes().to_vec(),
+        )])
     }
 
     /// Every record of the replicated families at one instant, handed to
@@ -428,13 +418,13 @@ impl Store {
                 .as_ref()
                 .map(|n| n.lock().unwrap_or_else(|p| p.into_inner()));
             let upto = next.as_deref().map_or(0, |n| n - 1);
-            (self.db.snapshot(), upto)
+            (self.kv.snapshot(), upto)
         };
         for cf in REPLICATED {
             let code = cf.code().expect("replicated");
-            for item in snap.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
-                let (k, v) = item.map_err(db_err)?;
-                each((code, k.to_vec(), Some(v.to_vec())))?;
+            for item in snap.iter(cf) {
+                let (k, v) = item?;
+                each((code, k, Some(v)))?;
             }
         }
         Ok(upto)
@@ -453,36 +443,31 @@ impl Store {
     /// published already). The journal keeps its newest entry, the
     /// numbering's mark. Changes apply in order, group after group.
     pub fn import(&self, groups: &[&[Change]], extra: Batch) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        wb.delete_range_cf(
-            self.cf(Cf::Journal),
-            0u64.to_be_bytes(),
-            self.journal_last().to_be_bytes(),
-        );
+        let mut ops = vec![Op::DeleteRange(
+            Cf::Journal,
+            0u64.to_be_bytes().to_vec(),
+            self.journal_last().to_be_bytes().to_vec(),
+        )];
         for cf in REPLICATED.iter().chain(&[Cf::Chain]) {
-            for item in self
-                .db
-                .iterator_cf(self.cf(*cf), rocksdb::IteratorMode::Start)
-            {
-                let (k, _) = item.map_err(db_err)?;
-                wb.delete_cf(self.cf(*cf), k);
+            for (k, _) in self.kv.scan_from(*cf, &[], &[], usize::MAX)? {
+                ops.push(Op::Delete(*cf, k));
             }
         }
         for (code, k, v) in groups.iter().flat_map(|g| g.iter()) {
             let cf = Cf::from_code(*code)
                 .ok_or_else(|| StoreError::Db(format!("unknown family code {code}")))?;
-            match v {
-                Some(v) => wb.put_cf(self.cf(cf), k, v),
-                None => wb.delete_cf(self.cf(cf), k),
-            }
+            ops.push(match v {
+                Some(v) => Op::Put(cf, k.clone(), v.clone()),
+                None => Op::Delete(cf, k.clone()),
+            });
         }
-        for (cf, k, v) in &extra.ops {
-            match v {
-                Some(v) => wb.put_cf(self.cf(*cf), k, v),
-                None => wb.delete_cf(self.cf(*cf), k),
-            }
+        for (cf, k, v) in extra.ops {
+            ops.push(match v {
+                Some(v) => Op::Put(cf, k, v),
+                None => Op::Delete(cf, k),
+            });
         }
-        self.db.write(wb).map_err(db_err)?;
+        self.kv.write(ops)?;
         self.sync()
     }
 
@@ -496,7 +481,7 @@ impl Store {
             doomed.epoch += 1;
             doomed.epoch
         };
-        self.db.flush_wal(true).map_err(db_err)?;
+        self.kv.sync()?;
         let mut doomed = self.doomed();
         if doomed.files.is_empty() {
             return Ok(());
@@ -511,7 +496,9 @@ impl Store {
             .collect();
         for id in due {
             doomed.files.remove(&id);
-            let path = self.object_path(&id);
+            let Some(path) = self.object_path(&id) else {
+                continue;
+            };
             if let Err(err) = fs::remove_file(&path) {
                 if err.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(object = %id, "cannot remove released object file: {err}");
@@ -521,13 +508,18 @@ impl Store {
         Ok(())
     }
 
-    fn object_path(&self, id: &ObjectId) -> PathBuf {
+    fn object_path(&self, id: &ObjectId) -> Option<PathBuf> {
         let hex = id.to_hex();
-        self.objects_dir.join(&hex[..2]).join(&hex)
+        Some(self.objects_dir.as_ref()?.join(&hex[..2]).join(&hex))
     }
 
     fn write_object_file(&self, id: &ObjectId, sealed: &[u8]) -> Result<(), StoreError> {
-        let path = self.object_path(id);
+        let Some(path) = self.object_path(id) else {
+            // In memory: every object is inline.
+            return self
+                .kv
+                .write(vec![Op::Put(Cf::Blobs, id.0.to_vec(), sealed.to_vec())]);
+        };
         let io_err = |err| StoreError::Io {
             path: path.clone(),
             err,
@@ -552,7 +544,7 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
         if new_dir {
-            fs::File::open(&self.objects_dir)
+            fs::File::open(dir.parent().expect("objects dir"))
                 .and_then(|d| d.sync_all())
                 .map_err(io_err)?;
         }
@@ -565,7 +557,8 @@ impl Store {
             // Released: it goes at the next sync.
             return Ok(false);
         }
-        Ok(self.get(Cf::Blobs, &id.0)?.is_some() || self.object_path(id).exists())
+        Ok(self.get(Cf::Blobs, &id.0)?.is_some()
+            || self.object_path(id).is_some_and(|p| p.exists()))
     }
 
     /// Reads a sealed object, inline or from its file. `None` if absent.
@@ -573,7 +566,9 @@ impl Store {
         if let Some(v) = self.get(Cf::Blobs, &id.0)? {
             return Ok(Some(v));
         }
-        let path = self.object_path(id);
+        let Some(path) = self.object_path(id) else {
+            return Ok(None);
+        };
         match fs::read(&path) {
             Ok(v) => Ok(Some(v)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -587,13 +582,16 @@ impl Store {
         &self,
         referenced: impl Fn(&ObjectId) -> bool,
     ) -> Result<usize, StoreError> {
+        let Some(objects_dir) = &self.objects_dir else {
+            return Ok(0);
+        };
         let mut removed = 0;
         let io_err = |path: &Path, err| StoreError::Io {
             path: path.to_path_buf(),
             err,
         };
-        for shard in fs::read_dir(&self.objects_dir).map_err(|e| io_err(&self.objects_dir, e))? {
-            let shard = shard.map_err(|e| io_err(&self.objects_dir, e))?.path();
+        for shard in fs::read_dir(objects_dir).map_err(|e| io_err(objects_dir, e))? {
+            let shard = shard.map_err(|e| io_err(objects_dir, e))?.path();
             if !shard.is_dir() {
                 continue;
             }
@@ -645,151 +643,4 @@ fn parse_hex_id(s: &str) -> Option<ObjectId> {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(ObjectId(id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_objects_and_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let small = vec![1u8; 100];
-        let big = vec![2u8; INLINE_MAX + 1];
-        let (sid, bid) = (ObjectId::of(&small), ObjectId::of(&big));
-        let mut b = Batch::default();
-        b.put_object(&store, &sid, &small).unwrap();
-        b.put_object(&store, &bid, &big).unwrap();
-        b.put(Cf::Dirents, b"\x00\x01a".to_vec(), b"1".to_vec());
-        b.put(Cf::Dirents, b"\x00\x01b".to_vec(), b"2".to_vec());
-        b.put(Cf::Dirents, b"\x00\x02a".to_vec(), b"3".to_vec());
-        store.write(b).unwrap();
-        store.sync().unwrap();
-        assert_eq!(store.read_object(&sid).unwrap().unwrap(), small);
-        assert_eq!(store.read_object(&bid).unwrap().unwrap(), big);
-        assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 10).unwrap().len(), 2);
-        assert_eq!(store.scan(Cf::Dirents, b"\x00\x01", 1).unwrap().len(), 1);
-        let tail = store
-            .scan_from(Cf::Dirents, b"\x00\x01", b"\x00\x01b", 10)
-            .unwrap();
-        assert_eq!(tail, vec![(b"\x00\x01b".to_vec(), b"2".to_vec())]);
-
-        let mut b = Batch::default();
-        b.delete_object(&bid, big.len() as u64);
-        store.write(b).unwrap();
-        // The file goes only once the release is durable.
-        assert!(store.read_object(&bid).unwrap().is_some());
-        store.sync().unwrap();
-        assert!(store.read_object(&bid).unwrap().is_none());
-        drop(store);
-
-        // Reopen: data is still there; a second opener is refused.
-        let store = Store::open(dir.path()).unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::Locked(_))
-        ));
-        assert_eq!(store.read_object(&sid).unwrap().unwrap(), small);
-    }
-
-    #[test]
-    fn replicated_changes_are_journaled_in_the_same_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.journal_last(), 0);
-        let mut b = Batch::default();
-        b.put(Cf::Inodes, b"i1".to_vec(), b"v1".to_vec());
-        b.put(Cf::Cached, b"c".to_vec(), b"x".to_vec());
-        store.write(b).unwrap();
-        // Only unreplicated families: no entry.
-        let mut b = Batch::default();
-        b.put(Cf::Uploads, b"u".to_vec(), b"".to_vec());
-        store.write(b).unwrap();
-        let mut b = Batch::default();
-        b.delete(Cf::Inodes, b"i1".to_vec());
-        b.put(Cf::Dirents, b"d".to_vec(), b"v2".to_vec());
-        store.write(b).unwrap();
-        let j = store.journal_since(0, usize::MAX).unwrap();
-        assert_eq!(j.len(), 2);
-        let first: Vec<Change> = postcard::from_bytes(&j[0].1).unwrap();
-        assert_eq!(first, vec![(1, b"i1".to_vec(), Some(b"v1".to_vec()))]);
-        let mut all = Vec::new();
-        let upto = store
-            .dump_replicated(|c| {
-                all.push(c);
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        assert_eq!(upto, 2);
-        assert_eq!(all, vec![(2, b"d".to_vec(), Some(b"v2".to_vec()))]);
-        // Everything published: the newest entry stays as the high-water
-        // mark, so numbering continues after a restart.
-        store.trim_journal(2).unwrap();
-        assert!(store.journal_since(2, usize::MAX).unwrap().is_empty());
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.journal_last(), 2);
-        let mut b = Batch::default();
-        b.put(Cf::Inodes, b"i3".to_vec(), b"v3".to_vec());
-        store.write(b).unwrap();
-        assert_eq!(store.journal_since(2, usize::MAX).unwrap()[0].0, 3);
-        // Imports replace the replicated families and are not journaled.
-        let other = tempfile::tempdir().unwrap();
-        let copy = Store::open(other.path()).unwrap();
-        let mut b = Batch::default();
-        b.put(Cf::Inodes, b"stale".to_vec(), b"x".to_vec());
-        copy.write(b).unwrap();
-        copy.import(&[&all], Batch::default()).unwrap();
-        assert!(copy.get(Cf::Inodes, b"stale").unwrap().is_none());
-        assert_eq!(copy.get(Cf::Dirents, b"d").unwrap().unwrap(), b"v2");
-        // The import added no entry; the old newest one stays as the mark.
-        assert_eq!(copy.journal_last(), 1);
-        assert!(copy.journal_since(1, usize::MAX).unwrap().is_empty());
-    }
-
-    #[test]
-    fn released_files_wait_for_the_sync_and_a_new_store_cancels_their_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let a = vec![5u8; INLINE_MAX * 2];
-        let aid = ObjectId::of(&a);
-        let mut b = Batch::default();
-        b.put_object(&store, &aid, &a).unwrap();
-        store.write(b).unwrap();
-        store.sync().unwrap();
-        let mut b = Batch::default();
-        b.delete_object(&aid, a.len() as u64);
-        store.write(b).unwrap();
-        assert!(store.has_doomed_files());
-        assert!(store.read_object(&aid).unwrap().is_some());
-        // The same object stored again before the sync: it must survive.
-        let mut b = Batch::default();
-        b.put_object(&store, &aid, &a).unwrap();
-        store.write(b).unwrap();
-        assert!(!store.has_doomed_files());
-        store.sync().unwrap();
-        assert_eq!(store.read_object(&aid).unwrap().unwrap(), a);
-        // Released again: gone after the sync.
-        let mut b = Batch::default();
-        b.delete_object(&aid, a.len() as u64);
-        store.write(b).unwrap();
-        store.sync().unwrap();
-        assert!(store.read_object(&aid).unwrap().is_none());
-    }
-
-    #[test]
-    fn unreferenced_files_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let a = vec![3u8; INLINE_MAX * 2];
-        let b = vec![4u8; INLINE_MAX * 2];
-        let (aid, bid) = (ObjectId::of(&a), ObjectId::of(&b));
-        let mut batch = Batch::default();
-        batch.put_object(&store, &aid, &a).unwrap();
-        batch.put_object(&store, &bid, &b).unwrap();
-        assert_eq!(store.remove_unreferenced_files(|id| *id == aid).unwrap(), 1);
-        assert!(store.read_object(&aid).unwrap().is_some());
-        assert!(store.read_object(&bid).unwrap().is_none());
-    }
 }
