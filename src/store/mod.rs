@@ -346,7 +346,9 @@ impl Store {
             }
             doomed.files.len() >= DOOMED_MAX
         };
-        if many {
+        // A vault store's owner syncs for them (never under its lock: see
+        // `doomed_backlog`); a node store syncs here.
+        if many && self.journal.is_none() {
             // The batch is committed: a failed sync only delays the removals.
             if let Err(e) = self.sync() {
                 tracing::warn!("syncing to remove released object files: {e}");
@@ -362,6 +364,12 @@ impl Store {
     /// Whether object files released by written batches wait for a sync.
     pub fn has_doomed_files(&self) -> bool {
         !self.doomed().files.is_empty()
+    }
+
+    /// Whether so many released files wait that a sync should come now
+    /// (a vault store leaves that sync to its owner's background thread).
+    pub fn doomed_backlog(&self) -> bool {
+        self.doomed().files.len() >= DOOMED_MAX
     }
 
     /// Journal entries after sequence number `after`, oldest first, until

@@ -856,7 +856,8 @@ fn idle_loop(vault: std::sync::Weak<Vault>) {
         }
         // Object files released by overwrites and deletes go once their
         // release is durable: a WAL sync every few seconds while any wait.
-        if synced.elapsed() >= v.opts.release_sync && v.store.has_doomed_files() {
+        let due = synced.elapsed() >= v.opts.release_sync && v.store.has_doomed_files();
+        if due || v.store.doomed_backlog() {
             if let Err(e) = v.store.sync() {
                 tracing::error!("syncing the vault database failed: {e}");
             }
