@@ -1,6 +1,9 @@
-//! The vault's side of the network: the upload queue, placement records,
-//! keeping objects fetched from peers, and the local disk cache of
+//! The object index: reference counts, the upload queue, placement
+//! records, keeping objects fetched from peers, and the local disk cache of
 //! objects already safe on peers ("online-only" files).
+//!
+//! An object is deleted in the batch that drops its last reference (unless
+//! a seal worker is storing it right then).
 //!
 //! A new object enters the `Uploads` family in the batch that first
 //! references it. The uploader (in `remote`, outside the vault) encodes and
@@ -441,5 +444,61 @@ impl Vault {
             }
         }
         Ok(())
+    }
+
+    // ---- references -------------------------------------------------------
+
+    /// Takes one reference to an object whose bytes are stored (or in `batch`).
+    pub(super) fn ref_object(&self, batch: &mut Txn, id: &ObjectId, size: u64) {
+        let e = batch.refs.entry(*id).or_insert((0, size));
+        e.0 += 1;
+        e.1 = size;
+    }
+
+    pub(super) fn unref_object(&self, batch: &mut Txn, id: &ObjectId) {
+        batch.refs.entry(*id).or_insert((0, 0)).0 -= 1;
+    }
+
+    /// Applies a summed reference change; an object nobody references (and no
+    /// worker is about to) is deleted with the batch.
+    pub(super) fn apply_refs(
+        &self,
+        inner: &mut Inner,
+        batch: &mut Txn,
+        id: &ObjectId,
+        delta: i64,
+        size: u64,
+    ) -> Result<()> {
+        let old: Option<ObjectRecord> = self.get_record(Cf::Objects, &id.0, "object record")?;
+        if old.is_none() && delta < 0 {
+            tracing::warn!(object = %id, "released an object with no reference record");
+            return Ok(());
+        }
+        let new = old.is_none();
+        let mut rec = old.unwrap_or(ObjectRecord { refs: 0, size });
+        let was = rec.refs;
+        rec.refs = (rec.refs as i64 + delta).max(0) as u64;
+        if was == 0 && rec.refs > 0 {
+            inner.counters.objects += 1;
+            inner.counters.stored_bytes += rec.size;
+        } else if was > 0 && rec.refs == 0 {
+            inner.counters.objects = inner.counters.objects.saturating_sub(1);
+            inner.counters.stored_bytes = inner.counters.stored_bytes.saturating_sub(rec.size);
+        }
+        if rec.refs == 0 && !inner.pending_objects.contains_key(id) {
+            self.forget_remote(inner, batch, id, rec.size)?;
+            self.delete_object(batch, id, rec.size);
+        } else {
+            if new {
+                self.queue_upload(inner, batch, id, rec.size);
+            }
+            self.put_record(batch, Cf::Objects, &id.0, &rec);
+        }
+        Ok(())
+    }
+
+    pub(super) fn delete_object(&self, batch: &mut Txn, id: &ObjectId, size: u64) {
+        batch.delete(Cf::Objects, id.0.to_vec());
+        batch.delete_object(id, size);
     }
 }
