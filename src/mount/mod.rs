@@ -25,19 +25,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 mod pool;
+mod reply;
 
 use pool::{ContentPool, Request as ContentRequest};
+pub use reply::{attr, errno};
+use reply::{file_type, name_bytes, reply_empty, reply_entry, reply_xattr, time};
 
-use crate::vault::{
-    DirEntry, Ino, Inode, Kind, Loaded, RenameMode, SetAttr, Time, Vault, VaultError,
-};
+use crate::vault::{DirEntry, Inode, Kind, Loaded, RenameMode, SetAttr, Time, Vault, VaultError};
 
 const TTL: Duration = Duration::from_secs(1);
 /// Threads running content requests. They wait on local disk, sealing
@@ -46,51 +47,6 @@ const CONTENT_THREADS: usize = 16;
 /// Content requests queued for those threads before a FUSE thread waits to
 /// queue more (backpressure to the kernel).
 const CONTENT_QUEUE: usize = 1024;
-/// Block size reported by `stat`: large, so copy tools use large buffers.
-const BLKSIZE: u32 = 128 * 1024;
-
-pub fn errno(e: &VaultError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-pub fn attr(ino: Ino, i: &Inode) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: i.size,
-        blocks: i.size.div_ceil(512),
-        atime: i.atime.into(),
-        mtime: i.mtime.into(),
-        ctime: i.ctime.into(),
-        crtime: i.crtime.into(),
-        kind: file_type(i.kind),
-        perm: i.perm,
-        nlink: i.nlink,
-        uid: i.uid,
-        gid: i.gid,
-        rdev: i.rdev,
-        blksize: BLKSIZE,
-        flags: 0,
-    }
-}
-
-fn time(t: TimeOrNow) -> Time {
-    match t {
-        TimeOrNow::SpecificTime(t) => t.into(),
-        TimeOrNow::Now => Time::now(),
-    }
-}
 
 /// The mounted filesystem.
 pub struct DrizzleFs {
@@ -145,33 +101,6 @@ impl DrizzleFs {
     /// per request, most of a small file's cost).
     fn meta(&self, f: impl FnOnce(&Vault)) {
         f(&self.vault)
-    }
-}
-
-fn name_bytes(name: &OsStr) -> Vec<u8> {
-    name.as_bytes().to_vec()
-}
-
-fn reply_entry(reply: ReplyEntry, r: Result<(Ino, Inode), VaultError>) {
-    match r {
-        Ok((ino, inode)) => reply.entry(&TTL, &attr(ino, &inode), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-fn reply_empty(reply: ReplyEmpty, r: Result<(), VaultError>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, VaultError>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(&e)),
     }
 }
 
