@@ -33,7 +33,7 @@ pub(super) struct Loader {
 impl Loader {
     pub(super) fn new(cache_bytes: usize) -> Self {
         Loader {
-            cache: ChunkCache::new(cache_bytes),
+            cache: ChunkCache::new(cache_bytes as u64),
             loading: HashMap::new(),
         }
     }
@@ -136,7 +136,7 @@ impl Vault {
         {
             let mut loader = self.loader();
             if let Some(d) = loader.cache.get(id) {
-                return Ok(d);
+                return Ok(d.clone());
             }
             if let Some(waiters) = loader.loading.get_mut(id) {
                 let (tx, rx) = oneshot::channel();

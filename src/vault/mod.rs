@@ -559,7 +559,7 @@ impl Vault {
             }
         }
         drop(inner);
-        s.cache_bytes = self.loader().cache.bytes() as u64;
+        s.cache_bytes = self.loader().cache.bytes();
         Ok(s)
     }
 

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -39,22 +38,8 @@ pub struct UploadBacklog {
     pub bytes: u64,
 }
 
-/// Local copies of objects that are safe on peers.
-pub(super) struct DiskCache {
-    lru: LruCache<ObjectId, u64>,
-    bytes: u64,
-    limit: u64,
-}
-
-impl DiskCache {
-    pub(super) fn new(limit: u64) -> Self {
-        DiskCache {
-            lru: LruCache::unbounded(),
-            bytes: 0,
-            limit,
-        }
-    }
-}
+/// Local copies of objects that are safe on peers: object id -> size.
+pub(super) type DiskCache = crate::cache::ByteLru<ObjectId, u64>;
 
 impl Vault {
     fn disk_cache(&self) -> MutexGuard<'_, DiskCache> {
@@ -93,8 +78,7 @@ impl Vault {
                     .try_into()
                     .map_err(|e| corrupt("cache record", e))?,
             );
-            cache.bytes += size;
-            cache.lru.put(id, size);
+            cache.put(id, size);
         }
         drop(cache);
         self.evict()
@@ -227,18 +211,12 @@ impl Vault {
 
     /// Adds a local copy to the disk cache's LRU.
     pub(super) fn note_cached(&self, id: &ObjectId, size: u64) {
-        let mut cache = self.disk_cache();
-        if cache.lru.put(*id, size).is_none() {
-            cache.bytes += size;
-        }
+        self.disk_cache().put(*id, size);
     }
 
     /// Forgets a local copy in the disk cache's LRU.
     pub(super) fn forget_cached(&self, id: &ObjectId) {
-        let mut cache = self.disk_cache();
-        if let Some(s) = cache.lru.pop(id) {
-            cache.bytes -= s;
-        }
+        self.disk_cache().remove(id);
     }
 
     /// Where an object's fragments are (file content or metadata object).
@@ -361,7 +339,7 @@ impl Vault {
 
     /// Bytes of synced objects kept on local disk.
     pub fn disk_cache_bytes(&self) -> u64 {
-        self.disk_cache().bytes
+        self.disk_cache().bytes()
     }
 
     /// Drops local copies of synced objects, least recently used first,
@@ -369,15 +347,7 @@ impl Vault {
     fn evict(&self) -> Result<()> {
         let victims: Vec<(ObjectId, u64)> = {
             let mut cache = self.disk_cache();
-            let mut v = Vec::new();
-            while cache.bytes > cache.limit {
-                let Some((id, size)) = cache.lru.pop_lru() else {
-                    break;
-                };
-                cache.bytes -= size;
-                v.push((id, size));
-            }
-            v
+            std::iter::from_fn(|| cache.pop_excess()).collect()
         };
         if victims.is_empty() {
             return Ok(());
@@ -402,13 +372,12 @@ impl Vault {
 
     /// Marks a local copy as recently used.
     pub(super) fn touch_cached(&self, id: &ObjectId) {
-        let mut cache = self.disk_cache();
-        cache.lru.get(id);
+        self.disk_cache().get(id);
     }
 
     /// The disk cache's limit in bytes (0: online-only files).
     pub(super) fn disk_cache_limit(&self) -> u64 {
-        self.disk_cache().limit
+        self.disk_cache().capacity()
     }
 
     /// Keeps a local copy of an object fetched from peers (its file is
@@ -435,11 +404,7 @@ impl Vault {
             } else {
                 self.store.write(batch)?;
                 drop(inner);
-                let mut cache = self.disk_cache();
-                if cache.lru.put(*id, sealed.len() as u64).is_none() {
-                    cache.bytes += sealed.len() as u64;
-                }
-                drop(cache);
+                self.note_cached(id, sealed.len() as u64);
                 self.evict()?;
             }
         }
