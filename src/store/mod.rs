@@ -110,6 +110,12 @@ pub struct Store {
     /// The next journal sequence number (vault stores only); the lock also
     /// keeps journal entries in commit order.
     journal: Option<std::sync::Mutex<u64>>,
+    /// Writes applied so far, and (under the lock) how many of them the
+    /// last finished sync covers: group commit (see [`sync`](Self::sync)).
+    writes: std::sync::atomic::AtomicU64,
+    synced: std::sync::Mutex<u64>,
+    /// WAL syncs made (for metrics and tests).
+    wal_syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -159,6 +165,9 @@ impl Store {
             objects_dir,
             doomed: Default::default(),
             journal,
+            writes: Default::default(),
+            synced: Default::default(),
+            wal_syncs: Default::default(),
         })
     }
 
@@ -220,10 +229,10 @@ impl Store {
                 // The entry commits in the same batch as the change it logs.
                 let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
                 ops.push(Op::Put(Cf::Journal, next.to_be_bytes().to_vec(), entry));
-                self.kv.write(ops)?;
+                self.apply(ops)?;
                 *next += 1;
             }
-            _ => self.kv.write(ops)?,
+            _ => self.apply(ops)?,
         }
         if batch.delete_files.is_empty() || in_memory {
             return Ok(());
@@ -247,8 +256,21 @@ impl Store {
         Ok(())
     }
 
+    /// Writes to the key-value store, counting the write for group commit.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.kv.write(ops)?;
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
     fn doomed(&self) -> std::sync::MutexGuard<'_, Doomed> {
         self.doomed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// WAL syncs made since the store opened.
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether object files released by written batches wait for a sync.
@@ -294,7 +316,7 @@ impl Store {
     /// entry numbered `upto` stays: it keeps the numbering going across a
     /// restart, so later entries are never numbered as if published.
     pub fn trim_journal(&self, upto: u64) -> Result<(), StoreError> {
-        self.kv.write(vec![Op::DeleteRange(
+        self.apply(vec![Op::DeleteRange(
             Cf::Journal,
             0u64.to_be_bytes().to_vec(),
             upto.to_be_bytes().to_vec(),
@@ -365,13 +387,25 @@ impl Store {
                 None => Op::Delete(cf, k),
             });
         }
-        self.kv.write(ops)?;
+        self.apply(ops)?;
         self.sync()
     }
 
     /// Makes every batch written so far durable (one WAL fsync), then
     /// removes the object files those batches released.
+    ///
+    /// Group commit: callers queue for one sync at a time, and a caller
+    /// whose writes a sync that started after them already covered returns
+    /// without another fsync (concurrent fsyncs and fragment PUTs share
+    /// one WAL sync).
     pub fn sync(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let mine = self.writes.load(Ordering::SeqCst);
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= mine && !self.has_doomed_files() {
+            return Ok(());
+        }
+        let upto = self.writes.load(Ordering::SeqCst);
         // Files released before this point belong to batches the flush
         // below makes durable; later ones wait for the next sync.
         let cut = {
@@ -380,6 +414,9 @@ impl Store {
             doomed.epoch
         };
         self.kv.sync()?;
+        self.wal_syncs.fetch_add(1, Ordering::Relaxed);
+        *synced = upto;
+        drop(synced);
         let mut doomed = self.doomed();
         if doomed.files.is_empty() {
             return Ok(());
@@ -414,9 +451,7 @@ impl Store {
     fn write_object_file(&self, id: &ObjectId, sealed: &[u8]) -> Result<(), StoreError> {
         let Some(path) = self.object_path(id) else {
             // In memory: every object is inline.
-            return self
-                .kv
-                .write(vec![Op::Put(Cf::Blobs, id.0.to_vec(), sealed.to_vec())]);
+            return self.apply(vec![Op::Put(Cf::Blobs, id.0.to_vec(), sealed.to_vec())]);
         };
         let io_err = |err| StoreError::Io {
             path: path.clone(),

@@ -176,3 +176,39 @@ fn unreferenced_files_are_removed() {
     assert!(store.read_object(&aid).unwrap().is_some());
     assert!(store.read_object(&bid).unwrap().is_none());
 }
+
+#[test]
+fn syncs_are_shared_by_writers_that_wait_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    let put = |s: &Store, k: String| {
+        let mut b = Batch::default();
+        b.put(Cf::Uploads, k.into_bytes(), b"".to_vec());
+        s.write(b).unwrap();
+    };
+    // Nothing new written since the last sync: no WAL sync.
+    put(&store, "a".into());
+    store.sync().unwrap();
+    let before = store.wal_syncs();
+    store.sync().unwrap();
+    assert_eq!(store.wal_syncs(), before);
+    // Eight writers each syncing after every write share syncs.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    put(&s, format!("{t}-{i}"));
+                    s.sync().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let made = store.wal_syncs() - before;
+    eprintln!("800 write+sync calls made {made} WAL syncs");
+    assert!(made < 800, "every sync flushed: no group commit");
+    assert_eq!(store.scan(Cf::Uploads, b"", usize::MAX).unwrap().len(), 801);
+}
