@@ -109,7 +109,7 @@ impl Vault {
         if used.saturating_add(data.len() as u64) > self.opts.allowance {
             let msg = format!(
                 "the vault's allowance of {} bytes is used up ({used} stored or pending); \
-                 donate more space (--donate) to store more",
+                 its node must donate more space for it to store more",
                 self.opts.allowance
             );
             tracing::warn!("write refused: {msg}");
