@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::RngCore;
 
-use crate::cli::{create_vault, human_bytes};
 use crate::config::VaultConfig;
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::daemon::{self, NetSetup, Request};
 use crate::net::{Multiaddr, NodeConfig, NodeHandle};
+use crate::recover::create_vault;
+use crate::units::human_bytes;
 use crate::vault::{Vault, VaultOptions};
 
 /// Local contribution nodes the demo starts.
