@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ObjectId, VaultKeys};
 use crate::net::proto::{Request, Response};
@@ -70,20 +69,7 @@ pub struct Lookup {
     pub invalid: usize,
 }
 
-/// Publishing as `status` shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct MetaStatus {
-    /// Sequence number of the root this device published or adopted last.
-    pub root_seq: u64,
-    /// When (unix seconds).
-    pub root_time: u64,
-    /// Local metadata changes not yet on the network.
-    pub unpublished_changes: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conflict: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_error: Option<String>,
-}
+pub use crate::remote::MetaStatus;
 
 /// A unix time for messages.
 pub fn describe_time(secs: u64) -> String {
