@@ -56,6 +56,29 @@ struct MountCtx {
     mountpoint: PathBuf,
 }
 
+impl Stop {
+    /// Why, for the log.
+    fn reason(&self) -> String {
+        match self {
+            Stop::Signal(s) => format!("{s} received"),
+            Stop::Request(_) => "drizzle umount".into(),
+            Stop::Unmounted => "unmounted from outside".into(),
+        }
+    }
+}
+
+/// Logs what is left to upload at the next mount, if anything.
+fn log_backlog(vault: &Vault) {
+    let backlog = vault.upload_backlog();
+    if backlog.objects > 0 {
+        tracing::info!(
+            "{} objects ({} bytes) are not on peers yet; the upload resumes at the next mount",
+            backlog.objects,
+            backlog.bytes
+        );
+    }
+}
+
 /// The network part of a mount: the node to run and the vault's coding.
 pub struct NetSetup {
     pub node: NodeConfig,
@@ -225,12 +248,7 @@ async fn serve(
     };
     let control = tokio::spawn(control_loop(listener, ctx));
     let stop = wait_for_stop(&mut stop_rx, Some(&mut ended_rx)).await?;
-    let reason = match &stop {
-        Stop::Signal(s) => format!("{s} received"),
-        Stop::Request(_) => "drizzle umount".into(),
-        Stop::Unmounted => "unmounted from outside".into(),
-    };
-    tracing::info!("stopping: {reason}");
+    tracing::info!("stopping: {}", stop.reason());
     control.abort();
     let v = vault.clone();
     let synced = tokio::task::spawn_blocking(move || v.sync_all()).await?;
@@ -245,14 +263,7 @@ async fn serve(
     };
     publish_before_stop(&remote).await;
     node.stop();
-    let backlog = vault.upload_backlog();
-    if backlog.objects > 0 {
-        tracing::info!(
-            "{} objects ({} bytes) are not on peers yet; the upload resumes at the next mount",
-            backlog.objects,
-            backlog.bytes
-        );
-    }
+    log_backlog(&vault);
     tracing::info!("unmounted {}", mountpoint.display());
     if let Stop::Request(reply) = stop {
         let resp = Response::done(
