@@ -244,27 +244,7 @@ impl Header {
     /// Parses and checks a whole fragment: header fields, symbol geometry,
     /// and that the length matches exactly.
     pub fn parse(bytes: &[u8]) -> Result<Header, CodeError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(malformed(format!(
-                "{} bytes is shorter than a header",
-                bytes.len()
-            )));
-        }
-        if bytes.len() > MAX_FRAGMENT {
-            return Err(malformed(format!(
-                "{} bytes is over the size limit",
-                bytes.len()
-            )));
-        }
-        if &bytes[..4] != MAGIC {
-            return Err(malformed("bad magic"));
-        }
-        if bytes[4] != FORMAT_VERSION || bytes[5] != CODEC_RAPTORQ_2 || bytes[6..8] != [0, 0] {
-            return Err(malformed(format!(
-                "unsupported format {} / codec {}",
-                bytes[4], bytes[5]
-            )));
-        }
+        check_envelope(bytes)?;
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let oti_bytes: [u8; 12] = bytes[16..28].try_into().expect("12 bytes");
@@ -324,6 +304,33 @@ impl Header {
             first_esi,
         })
     }
+}
+
+/// The checks before a header's fields are read: the size bounds, the
+/// magic, and a format and codec this version knows.
+fn check_envelope(bytes: &[u8]) -> Result<(), CodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(malformed(format!(
+            "{} bytes is shorter than a header",
+            bytes.len()
+        )));
+    }
+    if bytes.len() > MAX_FRAGMENT {
+        return Err(malformed(format!(
+            "{} bytes is over the size limit",
+            bytes.len()
+        )));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(malformed("bad magic"));
+    }
+    if bytes[4] != FORMAT_VERSION || bytes[5] != CODEC_RAPTORQ_2 || bytes[6..8] != [0, 0] {
+        return Err(malformed(format!(
+            "unsupported format {} / codec {}",
+            bytes[4], bytes[5]
+        )));
+    }
+    Ok(())
 }
 
 /// Collects checked fragments of one object and rebuilds it.

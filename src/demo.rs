@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::RngCore;
 
-use crate::cli::{create_vault, human_bytes};
 use crate::config::VaultConfig;
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::daemon::{self, NetSetup, Request};
 use crate::net::{Multiaddr, NodeConfig, NodeHandle};
+use crate::recover::create_vault;
+use crate::units::human_bytes;
 use crate::vault::{Vault, VaultOptions};
 
 /// Local contribution nodes the demo starts.
@@ -38,12 +39,7 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", mount_dir.display()))?;
     let mount_dir = mount_dir.canonicalize()?;
     let data = tempfile::Builder::new().prefix("drizzle-demo-").tempdir()?;
-    let mut raw = [0u8; 12];
-    rand::rng().fill_bytes(&mut raw);
-    let password = format!(
-        "demo-{}",
-        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
+    let password = throwaway_password();
 
     println!("drizzle demo");
     println!("  vault     demo (a throwaway vault; password: {password})");
@@ -51,23 +47,7 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     println!("  mount     {}", mount_dir.display());
 
     // The contribution nodes run on their own runtime in this process.
-    let node_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("demo-nodes")
-        .enable_all()
-        .build()?;
-    let nodes: Vec<NodeHandle> = node_rt.block_on(async {
-        let mut nodes: Vec<NodeHandle> = Vec::new();
-        for i in 0..NODES {
-            let mut cfg = NodeConfig::new(data.path().join(format!("node-{i}")), 1 << 30);
-            cfg.listen = vec![loopback()];
-            if let Some(first) = nodes.first() {
-                cfg.peers = first.listen_addrs();
-            }
-            nodes.push(NodeHandle::start(cfg).await?);
-        }
-        anyhow::Ok(nodes)
-    })?;
+    let (node_rt, nodes) = start_nodes(data.path())?;
     println!(
         "  peers     {NODES} contribution nodes on 127.0.0.1, 1 GiB donated each (first: {})",
         nodes[0].listen_addrs()[0]
@@ -123,6 +103,40 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     result
 }
 
+/// A random password for the throwaway vault.
+fn throwaway_password() -> String {
+    let mut raw = [0u8; 12];
+    rand::rng().fill_bytes(&mut raw);
+    format!(
+        "demo-{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// The contribution nodes, on a runtime of their own in this process, each
+/// with a data dir under `data` and 1 GiB donated; all but the first join
+/// through the first.
+fn start_nodes(data: &Path) -> anyhow::Result<(tokio::runtime::Runtime, Vec<NodeHandle>)> {
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("demo-nodes")
+        .enable_all()
+        .build()?;
+    let nodes: Vec<NodeHandle> = node_rt.block_on(async {
+        let mut nodes: Vec<NodeHandle> = Vec::new();
+        for i in 0..NODES {
+            let mut cfg = NodeConfig::new(data.join(format!("node-{i}")), 1 << 30);
+            cfg.listen = vec![loopback()];
+            if let Some(first) = nodes.first() {
+                cfg.peers = first.listen_addrs();
+            }
+            nodes.push(NodeHandle::start(cfg).await?);
+        }
+        anyhow::Ok(nodes)
+    })?;
+    Ok((node_rt, nodes))
+}
+
 fn show(
     vault: &Arc<Vault>,
     mount: &Path,
@@ -131,17 +145,7 @@ fn show(
     password: &str,
     seconds: Option<u64>,
 ) -> anyhow::Result<()> {
-    std::fs::write(
-        mount.join("README.txt"),
-        "Hello from drizzle!\nEverything in this folder is encrypted before it leaves the program.\n",
-    )?;
-    std::fs::create_dir_all(mount.join("photos/2026"))?;
-    let mut big = vec![0u8; 12 << 20];
-    rand::rng().fill_bytes(&mut big);
-    let mut f = std::fs::File::create(mount.join("photos/2026/large-random.bin"))?;
-    f.write_all(&big)?;
-    f.sync_all()?;
-    std::os::unix::fs::symlink("photos/2026/large-random.bin", mount.join("latest"))?;
+    let big = write_samples(mount)?;
     println!();
     println!("Wrote sample files (12 MiB of random data) through the mount.");
     println!(
@@ -183,6 +187,37 @@ fn show(
     );
     recover_elsewhere(data_dir, &nodes[STOPPED..], password, &big)?;
     println!();
+    print_try(mount, data_dir);
+    match seconds {
+        Some(n) => {
+            println!("The demo stops by itself in {n} s.");
+            std::thread::sleep(Duration::from_secs(n));
+            nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT)?;
+        }
+        None => println!("Press Ctrl-C to unmount and delete the demo vault and nodes."),
+    }
+    Ok(())
+}
+
+/// Writes the sample files through the mount (a README, 12 MiB of random
+/// data, a symlink to it) and syncs the large one; returns its bytes.
+fn write_samples(mount: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::write(
+        mount.join("README.txt"),
+        "Hello from drizzle!\nEverything in this folder is encrypted before it leaves the program.\n",
+    )?;
+    std::fs::create_dir_all(mount.join("photos/2026"))?;
+    let mut big = vec![0u8; 12 << 20];
+    rand::rng().fill_bytes(&mut big);
+    let mut f = std::fs::File::create(mount.join("photos/2026/large-random.bin"))?;
+    f.write_all(&big)?;
+    f.sync_all()?;
+    std::os::unix::fs::symlink("photos/2026/large-random.bin", mount.join("latest"))?;
+    Ok(big)
+}
+
+/// What to try in another terminal while the demo runs.
+fn print_try(mount: &Path, data_dir: &Path) {
     println!("Try, in another terminal:");
     println!(
         "  ls -la {}            # an ordinary directory",
@@ -199,15 +234,6 @@ fn show(
         "  grep -r Hello {}     # nothing: the disk holds only sealed data",
         data_dir.display()
     );
-    match seconds {
-        Some(n) => {
-            println!("The demo stops by itself in {n} s.");
-            std::thread::sleep(Duration::from_secs(n));
-            nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT)?;
-        }
-        None => println!("Press Ctrl-C to unmount and delete the demo vault and nodes."),
-    }
-    Ok(())
 }
 
 /// A new machine: an empty data dir, the vault name and the password, and

@@ -27,4 +27,5 @@ pub mod root;
 pub mod settings;
 pub mod sim;
 pub mod store;
+pub mod units;
 pub mod vault;

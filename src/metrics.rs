@@ -12,9 +12,22 @@ use crate::net::NodeHandle;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
+/// One metric: name (after `drizzle_`), type, help text, value.
+type Metric = (&'static str, &'static str, &'static str, u64);
+
 /// Renders the node's metrics in the Prometheus text format.
 pub fn render(node: &NodeHandle) -> String {
-    let c = node.counters();
+    let mut out = String::new();
+    for (name, kind, help, value) in gauges(node).into_iter().chain(counters(node)) {
+        let _ = writeln!(out, "# HELP drizzle_{name} {help}");
+        let _ = writeln!(out, "# TYPE drizzle_{name} {kind}");
+        let _ = writeln!(out, "drizzle_{name} {value}");
+    }
+    out
+}
+
+/// Space, fragments, root records and peers now.
+fn gauges(node: &NodeHandle) -> [Metric; 6] {
     let cap = node.capacity();
     let peers = node.peers();
     let connected = peers.values().filter(|p| p.connected()).count();
@@ -22,8 +35,7 @@ pub fn render(node: &NodeHandle) -> String {
         .values()
         .filter(|p| p.connected() && p.storage)
         .count();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let table: [(&str, &str, &str, u64); 15] = [
+    [
         (
             "donated_bytes",
             "gauge",
@@ -55,6 +67,14 @@ pub fn render(node: &NodeHandle) -> String {
             "Connected peers that store fragments.",
             storage as u64,
         ),
+    ]
+}
+
+/// The fragment protocol's counters since the node started.
+fn counters(node: &NodeHandle) -> [Metric; 9] {
+    let c = node.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    [
         (
             "requests_total",
             "counter",
@@ -109,14 +129,7 @@ pub fn render(node: &NodeHandle) -> String {
             "Fragment bytes sent.",
             load(&c.bytes_out),
         ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in table {
-        let _ = writeln!(out, "# HELP drizzle_{name} {help}");
-        let _ = writeln!(out, "# TYPE drizzle_{name} {kind}");
-        let _ = writeln!(out, "drizzle_{name} {value}");
-    }
-    out
+    ]
 }
 
 /// Serves `render(node)` over HTTP on `addr` until the runtime stops.

@@ -5,6 +5,8 @@
 //!
 //! Each runs a short-lived node on the data dir's node directory (the same
 //! identity the mount uses afterwards) and stops it before the mount starts.
+//! `create_vault` is the local half of an init (no node), shared by
+//! `drizzle init` and the demo.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -12,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::cli::human_bytes;
-use crate::config::{VaultConfig, FORMAT_VERSION};
+use crate::config::{validate_kn, validate_name, VaultConfig, FORMAT_VERSION};
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::metasync::{self, describe_time, FoundRoot, Lookup};
 use crate::net::{NodeConfig, NodeHandle};
+use crate::units::human_bytes;
 use crate::vault::Vault;
 
 /// How long a lookup waits for a first peer.
@@ -259,4 +261,39 @@ pub fn refuse_existing(name: &str, keys: &VaultKeys, node: NodeConfig) -> anyhow
         }
         Ok(())
     })
+}
+
+/// Creates a vault; shared by `init` and the demo.
+pub fn create_vault(
+    data_dir: &Path,
+    name: &str,
+    password: &str,
+    kdf: KdfParams,
+    k: u32,
+    n: u32,
+) -> anyhow::Result<()> {
+    validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
+    validate_kn(k, n).map_err(|e| anyhow!("bad --k/--n: {e}"))?;
+    kdf.validate()?;
+    if VaultConfig::path(data_dir).exists() {
+        bail!("a vault already exists in {}", data_dir.display());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
+    let cfg = VaultConfig {
+        format: FORMAT_VERSION,
+        vault: name.to_string(),
+        kdf,
+        key_check: keys.key_check(),
+        k,
+        n,
+    };
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    Vault::create(data_dir, &keys, uid, gid)?;
+    cfg.create(data_dir)?;
+    Ok(())
 }

@@ -133,7 +133,7 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        use crate::cli::parse_size;
+        use crate::units::parse_size;
         for (key, v) in [
             ("mount.cache", &self.mount.cache),
             ("mount.starter_allowance", &self.mount.starter_allowance),

@@ -140,12 +140,12 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         r.repairs,
         r.fragments_rebuilt,
         r.repair_per_user_byte_year,
-        super::human_bytes(r.repair_bytes_per_node_per_year as u64)
+        crate::units::human_bytes(r.repair_bytes_per_node_per_year as u64)
     );
     println!(
         "leftovers:             peak {}, mean {}; lease expiries {}; departures {}",
-        super::human_bytes(r.leftover_bytes_peak),
-        super::human_bytes(r.leftover_bytes_mean as u64),
+        crate::units::human_bytes(r.leftover_bytes_peak),
+        crate::units::human_bytes(r.leftover_bytes_mean as u64),
         r.lease_expiries,
         r.node_departures
     );

@@ -50,6 +50,14 @@ pub fn loss_probability_from(
         return 0.0;
     }
     debug_assert!(from < lost);
+    let e = exp_generator(&q, rate, horizon);
+    e[from][lost].clamp(0.0, 1.0)
+}
+
+/// `exp(Q T)` for generator `q` whose largest exit rate is `rate`, and
+/// `T = horizon`.
+fn exp_generator(q: &[Vec<f64>], rate: f64, horizon: f64) -> Vec<Vec<f64>> {
+    let states = q.len();
     // exp(Q T) by scaling and squaring: exp(Q h) for a step h short enough
     // that its uniformized series converges in a few terms, then squared
     // back up to T. Every term and product is nonnegative (P = I + Q/rate
@@ -100,7 +108,7 @@ pub fn loss_probability_from(
     for _ in 0..squarings {
         e = mul(&e, &e);
     }
-    e[from][lost].clamp(0.0, 1.0)
+    e
 }
 
 /// Probability that at least `k` of independent holders are up, each with

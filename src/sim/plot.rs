@@ -34,9 +34,19 @@ pub fn svg(r: &Report) -> String {
     );
     // Panel 1: fragments.
     let top = 30.0;
-    let ymax = r.config.n as f64 + (r.config.n - r.config.k) as f64;
-    axes(&mut out, top, "fragments per object", ymax, days);
+    fragments_panel(&mut out, r, top, days);
+    // Panel 2: repair traffic.
+    repair_panel(&mut out, r, top + H + 10.0, days);
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Surviving fragments per object (and those on holders up) over the
+/// days, with k and r marked, in the panel at `top`.
+fn fragments_panel(out: &mut String, r: &Report, top: f64, days: f64) {
     let x = |d: f64| PAD + (W - 2.0 * PAD) * d / days;
+    let ymax = r.config.n as f64 + (r.config.n - r.config.k) as f64;
+    axes(out, top, "fragments per object", ymax, days);
     let y1 = |v: f64| top + H - PAD + -(H - 2.0 * PAD) * v / ymax;
     for (color, pick) in [
         (
@@ -46,7 +56,7 @@ pub fn svg(r: &Report) -> String {
         ("#2ca02c", |p: &super::DayPoint| p.fragments_up),
     ] {
         line(
-            &mut out,
+            out,
             color,
             r.series
                 .iter()
@@ -74,25 +84,26 @@ pub fn svg(r: &Report) -> String {
         y3 = y1(r.config.policy().r as f64),
         y4 = y1(r.config.k as f64)
     );
-    // Panel 2: repair traffic.
-    let top = top + H + 10.0;
+}
+
+/// Repair traffic per day, in the panel at `top`.
+fn repair_panel(out: &mut String, r: &Report, top: f64, days: f64) {
+    let x = |d: f64| PAD + (W - 2.0 * PAD) * d / days;
     let mib: Vec<f64> = r
         .series
         .iter()
         .map(|p| p.repair_bytes as f64 / (1 << 20) as f64)
         .collect();
     let ymax = mib.iter().copied().fold(1.0, f64::max) * 1.1;
-    axes(&mut out, top, "repair MiB per day", ymax, days);
+    axes(out, top, "repair MiB per day", ymax, days);
     let y2 = |v: f64| top + H - PAD - (H - 2.0 * PAD) * v / ymax;
     line(
-        &mut out,
+        out,
         "#9467bd",
         mib.iter()
             .enumerate()
             .map(|(i, v)| (x(i as f64 + 1.0), y2(*v))),
     );
-    out.push_str("</svg>\n");
-    out
 }
 
 fn axes(out: &mut String, top: f64, label: &str, ymax: f64, days: f64) {

@@ -16,3 +16,4 @@ mod recovery;
 mod service;
 mod simulate;
 mod support;
+mod tidy;

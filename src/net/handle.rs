@@ -1,0 +1,343 @@
+//! [`NodeHandle`]: starting a node and everything callers ask of it (requests
+//! to peers, the peer table, dials and DHT lookups, counters), sent to the
+//! swarm task as commands with a oneshot reply where an answer is due.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::kad;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::proto::{Capacity, Request, Response};
+use crate::fragstore::{FragmentStore, RootOutcome};
+use crate::maint::{Clock, Uptime};
+
+use super::driver::{collect_expired, keep_book};
+use super::serve::INBOUND_WORKERS;
+use super::swarm::{build_swarm, default_listen, load_identity, restore};
+use super::{
+    addrbook, proto, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, PeerInfo,
+    Shared, COMMAND_QUEUE, DIAL_AT_START,
+};
+
+impl NodeHandle {
+    /// Starts a node on the current tokio runtime; returns once it listens.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let key = load_identity(&cfg.dir)?;
+        let frags = Arc::new(
+            FragmentStore::open_with_clock(&cfg.dir, cfg.donate, cfg.grace, cfg.clock.clone())
+                .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?,
+        );
+        let peer_id = key.public().to_peer_id();
+        let mdns_on = cfg.mdns;
+        let counters = NodeCounters::default();
+        let codec = proto::Codec {
+            rejected: counters.malformed.clone(),
+        };
+        let mut swarm = build_swarm(key, mdns_on, codec)?;
+        let listen = if cfg.listen.is_empty() {
+            default_listen()
+        } else {
+            cfg.listen.clone()
+        };
+        for addr in &listen {
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        let book = restore(&mut swarm, &frags, &cfg.dir)?;
+        let recent = book.recent(DIAL_AT_START);
+        let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let shared = Arc::new(Shared {
+            peer_id,
+            peers: RwLock::new(HashMap::new()),
+            listen: listen_tx,
+            frags,
+            counters,
+            credits: RwLock::new(HashMap::new()),
+            book: std::sync::Mutex::new(book),
+            clock: cfg.clock.clone(),
+            fault: cfg.fault,
+            inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
+            inbound_load: AtomicU64::new(0),
+        });
+        let shared_frags = Arc::downgrade(&shared.frags);
+        let shared_book = Arc::downgrade(&shared);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = NodeHandle {
+            shared: shared.clone(),
+            cmd: cmd_tx,
+        };
+        let mut driver = Driver {
+            swarm,
+            shared,
+            cmd_rx,
+            handle: handle.clone(),
+            pending: HashMap::new(),
+            kad_pending: HashMap::new(),
+            bootstrap: cfg.peers.clone(),
+        };
+        for peer in recent {
+            driver.dial_known(peer);
+        }
+        tokio::spawn(driver.run());
+        tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
+        tokio::spawn(keep_book(shared_book, cfg.book_every));
+        for addr in &cfg.peers {
+            handle.dial(addr.clone());
+        }
+        wait_listening(listen_rx, listen.len()).await?;
+        Ok(handle)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// Addresses others can dial, with the `/p2p/ID` suffix.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared.listen.borrow().clone()
+    }
+
+    pub fn dial(&self, addr: Multiaddr) {
+        self.command(Command::Dial(addr));
+    }
+
+    /// Queues a command for the swarm task from a caller that cannot wait:
+    /// if the queue is full, a task (or, outside the runtime, this thread)
+    /// waits for room. Only local callers use this; work that the network
+    /// starts waits for room on its own blocking thread.
+    fn command(&self, cmd: Command) {
+        match self.cmd.try_send(cmd) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.cmd.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move { tx.send(cmd).await });
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(cmd);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts reaching `peer` if it is not connected: its known addresses,
+    /// else a DHT lookup of its id (a holder after a restart).
+    pub fn find_peer(&self, peer: PeerId) {
+        if !self.is_connected(&peer) {
+            self.command(Command::Find(peer));
+        }
+    }
+
+    /// Looks for more peers now (new nodes are otherwise found within a
+    /// capacity tick, 15 s).
+    pub fn look_for_peers(&self) {
+        self.command(Command::Bootstrap);
+    }
+
+    /// Peers in the address book, and how many of them are not connected.
+    pub fn known_peers(&self) -> (u64, u64) {
+        let peers = self.peers();
+        let book = self.shared.book();
+        let away = book
+            .entries()
+            .filter(|(p, _)| !peers.get(p).is_some_and(|i| i.connected()))
+            .count();
+        (book.len() as u64, away as u64)
+    }
+
+    /// How `peer` has behaved while this node watched (see
+    /// [`crate::maint::history`]), if it is in the address book.
+    pub fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
+        self.shared.book().uptime(peer).cloned()
+    }
+
+    /// The clock this node ages leases and uptime by.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
+    }
+
+    /// Stops the node; the address book is written first (the runtime may
+    /// end before the swarm task sees the stop).
+    pub fn stop(&self) {
+        if let Err(e) = addrbook::AddressBook::save_shared(&self.shared.book) {
+            tracing::warn!("cannot write the address book: {e}");
+        }
+        self.command(Command::Stop);
+    }
+
+    /// Sends a request and waits for the answer (the protocol's own timeout
+    /// is 60 s; wrap in a shorter one where latency matters).
+    pub async fn request(&self, peer: PeerId, req: Request) -> Result<Response, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer,
+                req,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// A snapshot of the peer table.
+    pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connected peers that store fragments.
+    pub fn storage_peers(&self) -> Vec<(PeerId, PeerInfo)> {
+        self.peers()
+            .into_iter()
+            .filter(|(_, p)| p.connected() && p.storage)
+            .collect()
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|p| p.connected())
+    }
+
+    /// Notes a peer that returned bad data or failed; placement and reads
+    /// prefer peers with fewer strikes.
+    pub fn strike(&self, peer: &PeerId, why: &str) {
+        tracing::warn!(%peer, "bad peer: {why}");
+        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
+        peers.entry(*peer).or_insert_with(PeerInfo::new).strikes += 1;
+    }
+
+    /// Updates what we believe a peer has free (after a PUT or a refusal).
+    pub fn note_capacity(&self, peer: &PeerId, f: impl FnOnce(&mut Capacity)) {
+        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get_mut(peer).and_then(|p| p.capacity.as_mut()) {
+            f(c);
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.shared.frags.capacity()
+    }
+
+    /// Records that this node's vault stored `bytes` more on `peer`.
+    pub fn add_credit(&self, peer: &PeerId, bytes: u64) {
+        let mut c = self
+            .shared
+            .credits
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *c.entry(*peer).or_default() += bytes;
+    }
+
+    pub fn fragment_count(&self) -> u64 {
+        self.shared.frags.count()
+    }
+
+    /// Root records kept for vaults.
+    pub fn root_count(&self) -> u64 {
+        self.shared.frags.root_count()
+    }
+
+    pub fn counters(&self) -> &NodeCounters {
+        &self.shared.counters
+    }
+
+    /// Keeps a root record on this node (checked like any peer's).
+    pub fn keep_root(&self, key: &[u8; 32], record: &[u8]) -> Result<RootOutcome, String> {
+        let out = self
+            .shared
+            .frags
+            .put_root(key, record)
+            .map_err(|e| e.to_string())?;
+        if out == RootOutcome::Stored {
+            let r = kad::Record::new(kad::RecordKey::new(key), record.to_vec());
+            self.command(Command::KadKeep(r));
+        }
+        Ok(out)
+    }
+
+    /// Publishes a root record in the DHT (the peers closest to its key
+    /// keep it). Only valid records leave (or enter this node's store).
+    pub async fn dht_put(&self, key: &[u8; 32], value: Vec<u8>) -> Result<(), String> {
+        crate::root::RootRecord::check(&value, key).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        let mut record = kad::Record::new(kad::RecordKey::new(key), value);
+        record.expires = None;
+        self.cmd
+            .send(Command::KadPut { record, reply: tx })
+            .await
+            .map_err(|_| NetError::Stopped.to_string())?;
+        rx.await.map_err(|_| NetError::Stopped.to_string())?
+    }
+
+    /// Every copy of a record the DHT returns for `key` (unchecked). The
+    /// query starts at once; the future yields when it ends.
+    pub fn dht_get(&self, key: &[u8; 32]) -> impl std::future::Future<Output = Vec<Vec<u8>>> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::KadGet {
+            key: kad::RecordKey::new(key),
+            reply: tx,
+        };
+        let tx = self.cmd.clone();
+        let queued = match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => Err(Some(cmd)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        };
+        async move {
+            match queued {
+                Ok(()) => {}
+                Err(Some(cmd)) => {
+                    if tx.send(cmd).await.is_err() {
+                        return Vec::new();
+                    }
+                }
+                Err(None) => return Vec::new(),
+            }
+            rx.await.unwrap_or_default()
+        }
+    }
+}
+
+/// Waits until `listeners` listeners reported an address (or failed); an
+/// error if none did within 10 s, or the node stopped.
+async fn wait_listening(
+    mut listen_rx: watch::Receiver<Vec<Multiaddr>>,
+    listeners: usize,
+) -> anyhow::Result<()> {
+    // Wait until every listener reported an address (or failed).
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        if listen_rx.borrow().len() >= listeners {
+            break;
+        }
+        tokio::select! {
+            r = listen_rx.changed() => if r.is_err() { anyhow::bail!("the node stopped while starting") },
+            _ = &mut deadline => {
+                if listen_rx.borrow().is_empty() {
+                    anyhow::bail!("the node could not listen on any address");
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}

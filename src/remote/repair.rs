@@ -1,0 +1,309 @@
+//! Lazy repair as decided by [`crate::maint::policy`]: which holders count
+//! (up, away within their gone window, gone after a dial), rebuilding
+//! objects below the repair threshold onto fresh fragment indexes on new
+//! peers, and spreading crowded objects onto peers that joined since.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::coder::{self, FragmentId};
+use crate::crypto::ObjectId;
+use crate::maint::{self, Holder, Plan, Uptime};
+use crate::net::PeerId;
+use crate::placement::{self};
+use crate::vault::records::{FragmentLoc, Placement};
+
+use super::{fetch_object, peer_bytes, Remote};
+
+/// A holder past its gone window is dialed first, and judged gone only if
+/// it is still unreachable this long after.
+const DIAL_GRACE: u64 = 60;
+
+impl Remote {
+    /// How the holder of `f` stands (see [`crate::maint::policy`]; whether
+    /// it lost this very fragment is the caller's check): up if connected;
+    /// away within its gone window (which follows its uptime history); else
+    /// gone, once a dial of its known addresses has had [`DIAL_GRACE`] to
+    /// succeed.
+    fn holder(
+        &self,
+        f: &FragmentLoc,
+        peers: &HashMap<PeerId, crate::net::PeerInfo>,
+        now: u64,
+    ) -> Holder {
+        let Ok(id) = PeerId::from_bytes(&f.peer) else {
+            return Holder::Failed;
+        };
+        let mut dialed = self.dialed.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&id).is_some_and(|p| p.connected()) {
+            dialed.remove(&f.peer);
+            return Holder::Up;
+        }
+        // A holder this node never watched is away since the mount.
+        let up = self.node.uptime(&id).unwrap_or_else(|| Uptime {
+            away: now.saturating_sub(self.started_at),
+            ..Default::default()
+        });
+        if !up.is_gone(&self.cfg.window, now) {
+            return Holder::Away;
+        }
+        let grace = DIAL_GRACE.min(self.cfg.window.min.max(1));
+        match dialed.get(&f.peer) {
+            Some(t) if now >= t + grace => Holder::Gone,
+            Some(_) => Holder::Away,
+            None => {
+                dialed.insert(f.peer.clone(), now);
+                self.node.find_peer(id);
+                Holder::Away
+            }
+        }
+    }
+
+    /// Rebuilds objects whose counted holders fell below the repair
+    /// threshold (lazy repair, [`crate::maint::policy`]), from fresh
+    /// encoding symbols and within the repair bandwidth limit; spreads
+    /// crowded objects (several fragments on one holder, placed while few
+    /// peers were known) onto peers that joined since. Runs every
+    /// `repair_every` (with a budgeted sample of audits) and whenever
+    /// `sync` asks ([`kick_repair`](Self::kick_repair)).
+    pub(super) async fn repair_loop(self: Arc<Self>) {
+        loop {
+            let woken = tokio::select! {
+                _ = tokio::time::sleep(self.cfg.repair_every) => false,
+                _ = self.repair_wake.notified() => true,
+            };
+            self.repair_pass(!woken).await;
+        }
+    }
+
+    /// One pass of [`repair_loop`](Self::repair_loop).
+    pub async fn repair_pass(&self, audit: bool) {
+        let vault = self.vault.clone();
+        let Ok(Ok(all)) = tokio::task::spawn_blocking(move || vault.all_placements()).await else {
+            return;
+        };
+        let now = self.clock.now();
+        if audit {
+            let last = std::mem::replace(
+                &mut *self.last_audit.lock().unwrap_or_else(|p| p.into_inner()),
+                now,
+            );
+            // The first pass after a mount audits one period's worth; a long
+            // absence never turns into one huge pass.
+            let elapsed = if last == 0 {
+                self.cfg.repair_every.as_secs().max(1)
+            } else {
+                now.saturating_sub(last).min(86_400)
+            };
+            self.audit(&all, elapsed).await;
+        }
+        let policy = self.policy();
+        let peers = self.node.peers();
+        // Judged once per holder and pass (a holder has many fragments).
+        let missing = self.state().missing.clone();
+        let mut judged: HashMap<Vec<u8>, Holder> = HashMap::new();
+        for (id, p) in &all {
+            let states: Vec<(u32, Holder)> = p
+                .fragments
+                .iter()
+                .map(|f| {
+                    if missing.contains(&(f.peer.clone(), f.id)) {
+                        return (f.index, Holder::Failed);
+                    }
+                    let h = *judged
+                        .entry(f.peer.clone())
+                        .or_insert_with(|| self.holder(f, &peers, now));
+                    (f.index, h)
+                })
+                .collect();
+            let plan = maint::policy::plan(&states, &policy);
+            let extra = self.crowded_extras(p, &plan);
+            if plan.is_empty() && extra.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            match self.repair_one(id, p, &plan, &extra).await {
+                Ok(bytes) => {
+                    if plan.rebuild > 0 {
+                        self.state().repaired += 1;
+                        tracing::info!(object = %id, "rebuilt {} fragments", plan.rebuild);
+                    }
+                    if !extra.is_empty() {
+                        self.state().spread += 1;
+                        tracing::info!(object = %id, "moved {} fragments off crowded holders", extra.len());
+                    }
+                    // Average the repair traffic down to the limit.
+                    let min =
+                        Duration::from_secs_f64(bytes as f64 / self.cfg.repair_rate.max(1) as f64);
+                    if let Some(rest) = min.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(rest).await;
+                    }
+                }
+                Err(e) => tracing::warn!(object = %id, "repair failed (will retry): {e}"),
+            }
+        }
+        // Failures of fragments no placement names any more are forgotten.
+        let named: HashSet<(&Vec<u8>, &FragmentId)> = all
+            .iter()
+            .flat_map(|(_, p)| &p.fragments)
+            .map(|f| (&f.peer, &f.id))
+            .collect();
+        self.state()
+            .missing
+            .retain(|(p, id)| named.contains(&(p, id)));
+    }
+
+    /// Fragments to move off holders that keep several fragments of one
+    /// object, as many as there are connected storage peers holding none
+    /// of it (after the fragments `plan` rebuilds have found homes).
+    fn crowded_extras(&self, p: &Placement, plan: &Plan) -> Vec<FragmentLoc> {
+        let mut seen: HashSet<&Vec<u8>> = HashSet::new();
+        let mut extras: Vec<FragmentLoc> = Vec::new();
+        // The lowest index stays on each holder (reads prefer source
+        // fragments); the rest move, highest index first.
+        let mut live: Vec<&FragmentLoc> = p
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !plan.drop.contains(i))
+            .map(|(_, f)| f)
+            .collect();
+        live.sort_by_key(|f| f.index);
+        for f in live {
+            if !seen.insert(&f.peer) {
+                extras.push(f.clone());
+            }
+        }
+        if extras.is_empty() {
+            return extras;
+        }
+        let holders: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
+        let free = self
+            .node
+            .storage_peers()
+            .into_iter()
+            .filter(|(id, info)| {
+                !holders.contains(&peer_bytes(id)) && info.capacity.is_none_or(|c| c.available > 0)
+            })
+            .count();
+        let room = free.saturating_sub(plan.rebuild as usize);
+        extras.reverse();
+        extras.truncate(room);
+        extras
+    }
+
+    /// Carries out `plan` for one object (drops, releases, fresh
+    /// fragments) and moves the `extra` ones (crowded, still held) to new
+    /// distinct peers; returns the bytes moved.
+    async fn repair_one(
+        &self,
+        id: &ObjectId,
+        old: &Placement,
+        plan: &Plan,
+        extra: &[FragmentLoc],
+    ) -> Result<u64, String> {
+        let keep: Vec<FragmentLoc> = old
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| !plan.drop.contains(i) && !extra.contains(f))
+            .map(|(_, f)| f.clone())
+            .collect();
+        let released: Vec<FragmentLoc> = plan
+            .release
+            .iter()
+            .map(|i| old.fragments[*i].clone())
+            .collect();
+        let m = plan.rebuild + extra.len() as u32;
+        let first = old.next_index;
+        let (fresh, moved) = if m > 0 {
+            self.place_fresh(id, old, m, !extra.is_empty()).await?
+        } else {
+            (Vec::new(), 0)
+        };
+        let new = Placement {
+            len: old.len,
+            k: old.k,
+            fragments: keep.into_iter().chain(fresh).collect(),
+            next_index: first + m,
+        };
+        let vault = self.vault.clone();
+        let (oid, old2) = (*id, old.clone());
+        let replaced = tokio::task::spawn_blocking(move || {
+            vault.replace_placement(&oid, &old2, &new, &released)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if !replaced {
+            return Err("the object changed while it was repaired".into());
+        }
+        Ok(moved)
+    }
+
+    /// Rebuilds `m` fresh fragments of `id` (from the local copy, else from
+    /// peers) at the placement's next indexes and PUTs them on distinct
+    /// peers outside its holders; returns them and the bytes moved. With
+    /// `moving` (crowded fragments to move), refuses unless there are `m`
+    /// such peers.
+    async fn place_fresh(
+        &self,
+        id: &ObjectId,
+        old: &Placement,
+        m: u32,
+        moving: bool,
+    ) -> Result<(Vec<FragmentLoc>, u64), String> {
+        let first = old.next_index;
+        // Every holder named (spares included: they may return) is
+        // excluded, so fragments land on distinct new peers.
+        let holders: Vec<PeerId> = old
+            .fragments
+            .iter()
+            .filter_map(|f| PeerId::from_bytes(&f.peer).ok())
+            .collect();
+        let cands = self.candidates(&holders);
+        if moving && cands.len() < m as usize {
+            // A move is only worth it onto as many new distinct peers.
+            return Err(format!(
+                "{m} fragments to place but only {} peers outside this object's holders",
+                cands.len()
+            ));
+        }
+        let vault = self.vault.clone();
+        let oid = *id;
+        let local = tokio::task::spawn_blocking(move || vault.local_object(&oid))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let object = match local {
+            Some(b) => b,
+            // Repair does not wait for holders: the next pass retries.
+            None => fetch_object(&self.node, id, old, Duration::ZERO).await?,
+        };
+        let mut moved = object.len() as u64;
+        let k = old.k;
+        let frags =
+            tokio::task::spawn_blocking(move || coder::encode(&object, k, first..first + m))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
+        let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
+            format!(
+                "no peer outside this object's holders has room ({} candidates)",
+                cands.len()
+            )
+        })?;
+        let puts = frags
+            .into_iter()
+            .zip(targets)
+            .map(|(f, p)| self.put_fragment(f, p));
+        let fresh = futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        moved += frag_len * m as u64;
+        Ok((fresh, moved))
+    }
+}
