@@ -19,6 +19,7 @@ use crate::crypto::{KdfParams, VaultKeys};
 use crate::metasync::{self, describe_time, FoundRoot, Lookup};
 use crate::net::{NodeConfig, NodeHandle};
 use crate::units::human_bytes;
+use crate::vault::versions::{relate, Relation};
 use crate::vault::Vault;
 
 /// How long a lookup waits for a first peer.
@@ -188,13 +189,11 @@ pub fn update_from_network(
             return Ok(());
         };
         let p = &found.payload;
-        if st.head == Some(p.head.id)
-            || p.device == st.device
-            || crate::vault::replica::includes(&st.vv, &p.vv)
-        {
+        let relation = relate(&st, &p.head.id, p.device, &p.vv);
+        if relation == Relation::Included {
             return Ok(());
         }
-        if st.seq == 0 {
+        if relation == Relation::Separate {
             eprintln!(
                 "warning: a vault named '{}' with this password already exists on the network \
                  (published {}), but this data dir holds a separate vault created here; it will \
@@ -206,8 +205,7 @@ pub fn update_from_network(
             );
             return Ok(());
         }
-        let newer = crate::vault::replica::includes(&p.vv, &st.vv);
-        if !newer || pending {
+        if relation == Relation::Diverged || pending {
             eprintln!(
                 "warning: another device published a different version of vault '{}' ({}); \
                  this device keeps its own{}. The next sync from here replaces the other \

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use crate::coder::{FragmentId, Header};
 use crate::crypto::ObjectId;
 use crate::maint::Clock;
-use crate::net::proto::{Capacity, LeaseTerms};
 use crate::store::{Batch, Cf, Store, StoreError};
 
 mod leases;
@@ -27,6 +26,37 @@ mod roots;
 mod tests;
 
 pub use roots::RootOutcome;
+
+/// A lease as the storing peer sees it: hashes of the owner's secrets and
+/// a duration. Renewing or cancelling needs the secret itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTerms {
+    pub renew_hash: [u8; 32],
+    pub cancel_hash: [u8; 32],
+    pub secs: u32,
+}
+
+impl LeaseTerms {
+    /// Terms for the owner's secrets.
+    pub fn new(renew: &[u8; 32], cancel: &[u8; 32], secs: u32) -> Self {
+        LeaseTerms {
+            renew_hash: *blake3::hash(renew).as_bytes(),
+            cancel_hash: *blake3::hash(cancel).as_bytes(),
+            secs,
+        }
+    }
+}
+
+/// Space a node offers to others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Capacity {
+    /// What the node donates.
+    pub donated: u64,
+    /// What it stores for others now.
+    pub used: u64,
+    /// What it would accept now (donation left, limited by free disk).
+    pub available: u64,
+}
 
 /// Outcome of a PUT.
 #[derive(Debug, PartialEq, Eq)]

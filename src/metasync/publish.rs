@@ -14,7 +14,8 @@ use crate::net::proto::{Request, Response};
 use crate::remote::Remote;
 use crate::root::RootRecord;
 use crate::vault::replica::{
-    includes, refs_digest, slim, ChainRef, MetaHead, MetaObject, PublishState, RootPayload,
+    includes, refs_digest, relate, slim, ChainRef, MetaHead, MetaObject, PublishState, Relation,
+    RootPayload,
 };
 
 /// Pending journal bytes above which a publish writes a snapshot instead.
@@ -344,14 +345,13 @@ impl Remote {
         let Some(net) = &look.best else {
             return Ok(Verdict::Publish(None));
         };
-        let ours = st.head == Some(net.payload.head.id)
-            || net.payload.device == st.device
-            || includes(&st.vv, &net.payload.vv);
-        if ours {
+        let p = &net.payload;
+        let relation = relate(st, &p.head.id, p.device, &p.vv);
+        if relation == Relation::Included {
             self.meta_status().conflict = None;
             return Ok(Verdict::Publish(None));
         }
-        if st.seq == 0 {
+        if relation == Relation::Separate {
             // This data dir never published nor took up a version: it is
             // a second vault made under the same name and password (an
             // init that could not ask the network). It must never
@@ -372,7 +372,7 @@ impl Remote {
         );
         if nothing_new {
             // Nothing of ours to publish: never overwrite theirs.
-            let msg = if includes(&net.payload.vv, &st.vv) {
+            let msg = if relation == Relation::Newer {
                 format!("{what}; remount to see it")
             } else {
                 format!("{what}; this device keeps its own state (conflict)")

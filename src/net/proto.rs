@@ -15,6 +15,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 use crate::coder::{FragmentId, MAX_FRAGMENT};
+pub use crate::fragstore::{Capacity, LeaseTerms};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/fragments/1");
 /// Largest request or response body.
@@ -23,26 +24,6 @@ pub const MAX_MESSAGE: usize = MAX_FRAGMENT + 4096;
 pub const MAX_HAS: usize = 4096;
 /// Longest reason text in a refusal.
 const MAX_REASON: usize = 1024;
-
-/// A lease as the storing peer sees it: hashes of the owner's secrets and
-/// a duration. Renewing or cancelling needs the secret itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaseTerms {
-    pub renew_hash: [u8; 32],
-    pub cancel_hash: [u8; 32],
-    pub secs: u32,
-}
-
-impl LeaseTerms {
-    /// Terms for the owner's secrets.
-    pub fn new(renew: &[u8; 32], cancel: &[u8; 32], secs: u32) -> Self {
-        LeaseTerms {
-            renew_hash: *blake3::hash(renew).as_bytes(),
-            cancel_hash: *blake3::hash(cancel).as_bytes(),
-            secs,
-        }
-    }
-}
 
 fn take_items(rest: &[u8]) -> io::Result<Vec<(FragmentId, [u8; 32])>> {
     if rest.len() % 64 != 0 || rest.len() / 64 > MAX_HAS {
@@ -115,17 +96,6 @@ impl std::fmt::Debug for Request {
             Request::RootGet { .. } => write!(f, "RootGet"),
         }
     }
-}
-
-/// Space a node offers to others.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Capacity {
-    /// What the node donates.
-    pub donated: u64,
-    /// What it stores for others now.
-    pub used: u64,
-    /// What it would accept now (donation left, limited by free disk).
-    pub available: u64,
 }
 
 #[derive(Clone, PartialEq, Eq)]

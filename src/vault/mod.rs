@@ -21,6 +21,7 @@ mod read;
 pub mod records;
 pub mod replica;
 mod seal;
+pub mod versions;
 mod write;
 
 pub use load::{FetchDone, Fetcher, Loaded, Plain, Wait};

@@ -241,25 +241,13 @@ impl Vault {
         let hole = data.iter().all(|b| *b == 0);
         let inline = !hole && data.len() <= INLINE_CHUNK_MAX;
         let mut batch = Txn::default();
-        let mut object = None;
-        if !hole && !inline {
-            let sealed = self.keys.seal_object(&data);
-            let id = ObjectId::of(&sealed);
-            let known = {
-                let mut inner = self.lock();
-                *inner.pending_objects.entry(id).or_insert(0) += 1;
-                self.store.get(Cf::Objects, &id.0)?.is_some()
-            };
-            if !known {
-                if let Err(e) = batch.put_object(&self.store, &id, &sealed) {
-                    self.unpend(&id);
-                    return Err(e.into());
-                }
-            }
-            object = Some((id, sealed.len() as u64, known));
-        }
+        let object = if !hole && !inline {
+            Some(self.store_sealed(&data, &mut batch)?)
+        } else {
+            None
+        };
         let mut inner = self.lock();
-        if let Some((id, _, _)) = &object {
+        if let Some((id, _)) = &object {
             let n = inner.pending_objects.get_mut(id).expect("pended above");
             *n -= 1;
             if *n == 0 {
@@ -276,7 +264,7 @@ impl Vault {
             {
                 d.sealing = false;
             }
-            if let Some((id, size, _)) = object {
+            if let Some((id, size)) = object {
                 // Nothing references what this seal stored: drop it unless
                 // another reference or worker appeared meanwhile.
                 let mut txn = Txn::default();
@@ -286,10 +274,7 @@ impl Vault {
             self.sealed.notify_all();
             return Ok(());
         }
-        let key = chunk_key(ino, index);
-        let old: Option<ChunkRef> = self.get_record(Cf::Chunks, &key, "chunk map")?;
-        let new = object.map(|(id, size, _)| (id, size));
-        let new_ref = match new {
+        let new_ref = match object {
             Some((id, _)) => Some(ChunkRef::Object {
                 object: id,
                 len: data.len() as u32,
@@ -297,21 +282,7 @@ impl Vault {
             None if inline => Some(ChunkRef::inline(&data)),
             None => None,
         };
-        if old != new_ref {
-            let old_object = old.as_ref().and_then(ChunkRef::object);
-            if old_object != new.map(|(id, _)| id) {
-                if let Some((id, size)) = new {
-                    self.ref_object(&mut batch, &id, size);
-                }
-                if let Some(o) = old_object {
-                    self.unref_object(&mut batch, &o);
-                }
-            }
-            match &new_ref {
-                Some(r) => self.put_record(&mut batch, Cf::Chunks, &key, r),
-                None => batch.delete(Cf::Chunks, key.to_vec()),
-            }
-        }
+        self.map_chunk(&mut batch, ino, index, new_ref, object)?;
         let f = inner.files.get_mut(&ino).expect("checked above");
         let inode = f.inode.clone();
         self.put_inode(&mut inner, &mut batch, ino, &inode);
@@ -325,12 +296,63 @@ impl Vault {
         if d.gen == gen {
             let d = f.dirty.remove(&index).expect("present");
             inner.dirty_bytes -= d.data.len();
-            if let Some((id, _)) = new {
+            if let Some((id, _)) = object {
                 self.loader().cache.insert(id, d.data);
             }
         }
         drop(inner);
         self.sealed.notify_all();
+        Ok(())
+    }
+
+    /// Seals a chunk's content into an object and stores it (in `batch`
+    /// when small, else its file now) unless the vault has it already;
+    /// the object stays pending (safe from deletion) until the commit.
+    fn store_sealed(&self, data: &[u8], batch: &mut Txn) -> Result<(ObjectId, u64)> {
+        let sealed = self.keys.seal_object(data);
+        let id = ObjectId::of(&sealed);
+        let known = {
+            let mut inner = self.lock();
+            *inner.pending_objects.entry(id).or_insert(0) += 1;
+            self.store.get(Cf::Objects, &id.0)?.is_some()
+        };
+        if !known {
+            if let Err(e) = batch.put_object(&self.store, &id, &sealed) {
+                self.unpend(&id);
+                return Err(e.into());
+            }
+        }
+        Ok((id, sealed.len() as u64))
+    }
+
+    /// Points a chunk's map record at its new content (in `batch`, under
+    /// the vault lock), moving the object reference from the old content.
+    fn map_chunk(
+        &self,
+        batch: &mut Txn,
+        ino: Ino,
+        index: u64,
+        new_ref: Option<ChunkRef>,
+        object: Option<(ObjectId, u64)>,
+    ) -> Result<()> {
+        let key = chunk_key(ino, index);
+        let old: Option<ChunkRef> = self.get_record(Cf::Chunks, &key, "chunk map")?;
+        if old == new_ref {
+            return Ok(());
+        }
+        let old_object = old.as_ref().and_then(ChunkRef::object);
+        if old_object != object.map(|(id, _)| id) {
+            if let Some((id, size)) = object {
+                self.ref_object(batch, &id, size);
+            }
+            if let Some(o) = old_object {
+                self.unref_object(batch, &o);
+            }
+        }
+        match &new_ref {
+            Some(r) => self.put_record(batch, Cf::Chunks, &key, r),
+            None => batch.delete(Cf::Chunks, key.to_vec()),
+        }
         Ok(())
     }
 

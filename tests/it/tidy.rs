@@ -21,33 +21,7 @@ const MAX_FN_LINES: usize = 80;
 /// Known exceptions. Keys: `path` (file too long), `path (header)`,
 /// `path::fn_name` (function too long), `cycle: a -> b` (an import edge
 /// that closes a cycle). A key ending in `*` matches every key it prefixes.
-const ALLOWLIST: &[(&str, &str)] = &[
-    (
-        "src/vault/mod.rs",
-        "owned by the engine change; split pending",
-    ),
-    (
-        "src/vault/data.rs",
-        "owned by the engine change; split pending",
-    ),
-    (
-        "src/vault/data.rs::seal_chunk",
-        "owned by the engine change; split pending",
-    ),
-    (
-        "src/vault/tests.rs::freeing_a_large_file_does_not_hold_up_other_files",
-        "owned by the engine change; split pending",
-    ),
-    (
-        "src/mount/mod.rs",
-        "owned by the engine change; split pending",
-    ),
-    ("src/store.rs", "owned by the engine change; split pending"),
-    (
-        "cycle: fragstore -> net",
-        "fragstore speaks net::proto's Capacity/LeaseTerms; proto.rs is owned by the engine change",
-    ),
-];
+const ALLOWLIST: &[(&str, &str)] = &[];
 
 /// One broken rule.
 struct Violation {
