@@ -35,7 +35,7 @@ pub struct Common {
 }
 
 /// Network options shared by `mount` and `node`.
-#[derive(Args, Clone, Default, Debug)]
+#[derive(Args, Clone, Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NetArgs {
     /// Listen address, repeatable (default: a free TCP and QUIC port on all
     /// interfaces), e.g. /ip4/0.0.0.0/tcp/4001.
@@ -63,30 +63,6 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
-    /// Command-line form, for handing the options to a background child.
-    pub(super) fn to_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        for l in &self.listen {
-            a.extend(["--listen".to_string(), l.clone()]);
-        }
-        for p in &self.peer {
-            a.extend(["--peer".to_string(), p.clone()]);
-        }
-        if self.no_mdns {
-            a.push("--no-mdns".into());
-        }
-        if let Some(m) = &self.metrics {
-            a.push(format!("--metrics={m}"));
-        }
-        if let Some(g) = &self.grace {
-            a.extend(["--grace".to_string(), g.clone()]);
-        }
-        if let Some(g) = self.gc_secs {
-            a.extend(["--gc-secs".to_string(), g.to_string()]);
-        }
-        a
-    }
-
     pub(super) fn node_config(&self, dir: PathBuf, donate: u64) -> anyhow::Result<NodeConfig> {
         let parse = |flag: &str, s: &String| {
             s.parse::<Multiaddr>().map_err(|e| {
@@ -117,7 +93,7 @@ impl NetArgs {
 }
 
 /// Options of `mount` beyond where and which vault.
-#[derive(Args, Clone, Default, Debug)]
+#[derive(Args, Clone, Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MountNetArgs {
     #[command(flatten)]
     pub net: NetArgs,

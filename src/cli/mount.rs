@@ -30,11 +30,11 @@ pub(super) fn mount(
     kdf: KdfParams,
 ) -> anyhow::Result<()> {
     let data_dir = common.data_dir();
+    if child {
+        return run_child(&data_dir, mountpoint);
+    }
     // Check the options before asking for a password.
     let setup = setup_from_args(opts, &data_dir)?;
-    if child {
-        return run_child(&data_dir, mountpoint, setup);
-    }
     // A remount right after an unmount: the previous daemon may still be
     // finishing (final sync, publish) and holding the database.
     daemon::wait_previous_daemon(&data_dir, |m| eprintln!("{m}"))?;
@@ -86,8 +86,17 @@ pub(super) fn mount(
             Err(e) => eprintln!("error: {e}"),
         });
     }
-    let args = child_args(opts, setup.node.donate, setup.starter);
-    spawn_daemon(&data_dir, mountpoint, &password, &args)?;
+    // The child gets the options as resolved here (sizes in bytes, so it
+    // does not measure the disk again) in one value with the password.
+    let settings = ChildSettings {
+        opts: MountNetArgs {
+            donate: Some(setup.node.donate.to_string()),
+            starter_allowance: Some(setup.starter.to_string()),
+            ..opts.clone()
+        },
+        password: password.to_string(),
+    };
+    spawn_daemon(&data_dir, mountpoint, &settings)?;
     println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
     Ok(())
 }
@@ -129,11 +138,23 @@ fn setup_from_args(opts: &MountNetArgs, data_dir: &Path) -> anyhow::Result<Mount
     })
 }
 
-/// A background mount's child: password on stdin, `READY` or `ERROR ...`
+/// What a background mount's child gets on stdin, as one JSON value: its
+/// options (parsed like the parent's flags) and the password.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildSettings {
+    opts: MountNetArgs,
+    password: String,
+}
+
+/// A background mount's child: settings on stdin, `READY` or `ERROR ...`
 /// on stdout once the mount is live or has failed.
-fn run_child(data_dir: &Path, mountpoint: &Path, setup: MountSetup) -> anyhow::Result<()> {
-    let mut pw = Zeroizing::new(String::new());
-    std::io::stdin().read_to_string(&mut pw)?;
+fn run_child(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    let mut input = Zeroizing::new(String::new());
+    std::io::stdin().read_to_string(&mut input)?;
+    let mut settings: ChildSettings =
+        serde_json::from_str(&input).context("reading the mount settings from the parent")?;
+    let pw = Zeroizing::new(std::mem::take(&mut settings.password));
+    let setup = setup_from_args(&settings.opts, data_dir)?;
     let r = mount_foreground(data_dir, mountpoint, &pw, setup, |r| {
         let line = match r {
             Ok(()) => "READY\n".to_string(),
@@ -147,42 +168,6 @@ fn run_child(data_dir: &Path, mountpoint: &Path, setup: MountSetup) -> anyhow::R
         println!("ERROR {e:#}");
     }
     r
-}
-
-/// The options a background child gets on its command line (sizes as
-/// resolved bytes, so the child does not measure the disk again).
-fn child_args(opts: &MountNetArgs, donate: u64, starter: u64) -> Vec<String> {
-    let mut child_args = opts.net.to_args();
-    child_args.extend(["--donate".into(), donate.to_string()]);
-    if let Some(c) = &opts.cache {
-        child_args.extend(["--cache".into(), c.clone()]);
-    }
-    child_args.extend(["--starter-allowance".into(), starter.to_string()]);
-    if let Some(l) = opts.lease_secs {
-        child_args.extend(["--lease-secs".into(), l.to_string()]);
-    }
-    if let Some(l) = opts.lost_after_secs {
-        child_args.extend(["--lost-after-secs".into(), l.to_string()]);
-    }
-    if let Some(r) = opts.repair_threshold {
-        child_args.extend(["--repair-threshold".into(), r.to_string()]);
-    }
-    if let Some(a) = opts.audit_percent {
-        child_args.extend(["--audit-percent".into(), a.to_string()]);
-    }
-    if let Some(l) = opts.repair_every_secs {
-        child_args.extend(["--repair-every-secs".into(), l.to_string()]);
-    }
-    if let Some(l) = opts.publish_every_secs {
-        child_args.extend(["--publish-every-secs".into(), l.to_string()]);
-    }
-    if let Some(l) = opts.read_wait_secs {
-        child_args.extend(["--read-wait-secs".into(), l.to_string()]);
-    }
-    if let Some(l) = opts.release_sync_secs {
-        child_args.extend(["--release-sync-secs".into(), l.to_string()]);
-    }
-    child_args
 }
 
 /// Refuses a repair threshold outside k..=n.
@@ -285,8 +270,7 @@ fn mount_foreground(
 fn spawn_daemon(
     data_dir: &Path,
     mountpoint: &Path,
-    password: &str,
-    extra: &[String],
+    settings: &ChildSettings,
 ) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = data_dir.join("drizzle.log");
@@ -303,7 +287,6 @@ fn spawn_daemon(
         .arg(data_dir)
         .arg("--foreground")
         .arg("--daemon-child")
-        .args(extra)
         .env_remove("DRIZZLE_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -313,7 +296,8 @@ fn spawn_daemon(
         .context("starting the mount daemon")?;
     {
         let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(password.as_bytes())?;
+        let json = Zeroizing::new(serde_json::to_string(settings)?);
+        stdin.write_all(json.as_bytes())?;
     }
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
