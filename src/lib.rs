@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mount;
 pub mod net;
 pub mod placement;
+pub mod quota;
 pub mod recover;
 pub mod remote;
 pub mod root;

@@ -106,7 +106,7 @@ pub(super) fn mount(
 fn setup_from_args(opts: &MountNetArgs, data_dir: &Path) -> anyhow::Result<MountSetup> {
     let donate = match &opts.donate {
         Some(d) => parse_donation(d, data_dir).context("--donate")?,
-        None => (free_disk(data_dir)? / 10).min(50 << 30),
+        None => crate::quota::default_donation(free_disk(data_dir)?),
     };
     let cache = opts
         .cache
@@ -121,7 +121,7 @@ fn setup_from_args(opts: &MountNetArgs, data_dir: &Path) -> anyhow::Result<Mount
         .map(parse_size)
         .transpose()
         .context("--starter-allowance")?
-        .unwrap_or(1 << 30);
+        .unwrap_or(crate::quota::DEFAULT_STARTER);
     let node_cfg = opts.net.node_config(data_dir.join("node"), donate)?;
     Ok(MountSetup {
         node: node_cfg,
@@ -219,11 +219,9 @@ fn mount_foreground(
         return Err(e);
     }
     let opened = unlock(data_dir, password).and_then(|(cfg, keys)| {
-        // The barter rule: storing N at overhead n/k takes N * n/k donated.
-        let earned = (setup.node.donate as u128 * cfg.k as u128 / cfg.n.max(1) as u128) as u64;
         let mut opts = VaultOptions {
             disk_cache: setup.cache,
-            allowance: setup.starter.saturating_add(earned),
+            allowance: crate::quota::allowance(setup.starter, setup.node.donate, cfg.k, cfg.n),
             ..VaultOptions::default()
         };
         if let Some(s) = setup.release_sync {

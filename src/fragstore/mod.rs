@@ -66,11 +66,7 @@ pub enum PutOutcome {
     Refused(String),
 }
 
-/// Free disk this node never gives away: 2% of the filesystem, at least
-/// 256 MiB and at most 4 GiB, so storing for others can never fill the disk.
-pub fn safety_margin(fs_bytes: u64) -> u64 {
-    (fs_bytes / 50).clamp(256 << 20, 4 << 30)
-}
+pub use crate::quota::safety_margin;
 
 /// Free bytes and total size of the filesystem holding `dir`.
 fn disk_space(dir: &Path) -> Option<(u64, u64)> {
@@ -284,7 +280,7 @@ impl FragmentStore {
             ))));
         }
         let takes = u.by_peer.get(peer).copied().unwrap_or(0);
-        if takes + len > self.grace.saturating_add(gives) {
+        if !crate::quota::within_grace(takes, len, gives, self.grace) {
             return Ok(Some(PutOutcome::Refused(format!(
                 "over your share: this node stores {takes} bytes for you and you store {gives} \
                      bytes for it; beyond a grace of {} bytes a peer must give about what it takes",

@@ -44,7 +44,7 @@ const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/kad/1");
 const IDENTIFY_PROTOCOL: &str = "/drizzle/id/1";
 /// The starter grace: what a peer may store on a node before it must give
 /// about as much as it takes.
-pub const DEFAULT_GRACE: u64 = 1 << 30;
+pub use crate::quota::DEFAULT_GRACE;
 /// How often connected peers are asked for their free capacity.
 const CAPACITY_REFRESH: Duration = Duration::from_secs(15);
 
