@@ -8,7 +8,6 @@
 //! `create_vault` is the local half of an init (no node), shared by
 //! `drizzle init` and the demo.
 
-use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,9 +17,53 @@ use crate::config::{validate_kn, validate_name, VaultConfig, FORMAT_VERSION};
 use crate::crypto::{KdfParams, VaultKeys};
 use crate::metasync::{self, describe_time, FoundRoot, Lookup};
 use crate::net::{NodeConfig, NodeHandle};
-use crate::units::human_bytes;
 use crate::vault::versions::{relate, Relation};
 use crate::vault::Vault;
+
+/// What recovery, updates from the network and the init check report
+/// while they work. They never print; the CLI renders these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Keys are being derived to recover `name`.
+    Recovering { name: String },
+    /// The vault's root was found (version `seq`, published at unix time
+    /// `published`); its metadata is being fetched.
+    Found {
+        name: String,
+        seq: u64,
+        published: u64,
+    },
+    /// Metadata fetched so far.
+    Fetched {
+        objects: u64,
+        total: u64,
+        bytes: u64,
+    },
+    /// A recovery finished.
+    Recovered {
+        name: String,
+        bytes: u64,
+        objects: u64,
+        secs: f64,
+    },
+    /// The network holds a separate vault under this name and password;
+    /// this data dir's vault stays unpublished.
+    SeparateVault { name: String, published: u64 },
+    /// Another device published a version this device does not include;
+    /// this device keeps its own (and its unsynced changes, if `pending`).
+    Diverged {
+        name: String,
+        published: u64,
+        pending: bool,
+    },
+    /// A newer version another device published is being taken up.
+    TakingUp { name: String, published: u64 },
+    /// Taken up: now at version `seq`.
+    Updated { seq: u64, bytes: u64 },
+    /// No peer was reachable, so `init` could not check for an existing
+    /// vault of this name and password.
+    Unchecked { name: String },
+}
 
 /// How long a lookup waits for a first peer.
 const PEER_WAIT: Duration = Duration::from_secs(15);
@@ -53,10 +96,6 @@ async fn lookup(node: &NodeHandle, keys: &VaultKeys) -> Lookup {
     metasync::find_root(node, keys).await
 }
 
-fn say(msg: &str) {
-    eprintln!("{msg}");
-}
-
 /// Recovers vault `name` into the empty data dir: finds its root, fetches
 /// and checks its metadata, and writes the vault config. File contents stay
 /// on peers until read.
@@ -66,13 +105,11 @@ pub fn recover(
     password: &str,
     kdf: KdfParams,
     node: NodeConfig,
+    report: &mut dyn FnMut(Event),
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    say(&format!(
-        "recovering vault '{name}' from the network (deriving keys)..."
-    ));
+    report(Event::Recovering { name: name.into() });
     let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
-    let bar = std::io::stderr().is_terminal();
     let dir = data_dir.to_path_buf();
     let (found, fetched) = with_node(node, async |node| {
         let look = lookup(node, &keys).await;
@@ -83,37 +120,30 @@ pub fn recover(
             }
             bail!(msg);
         };
-        say(&format!(
-            "found vault '{name}' (version {}, published {}); fetching its metadata...",
-            found.record.seq,
-            describe_time(found.payload.time)
-        ));
+        report(Event::Found {
+            name: name.into(),
+            seq: found.record.seq,
+            published: found.payload.time,
+        });
         let p = metasync::pull_into(node, &keys, &found, &dir, None, |p| {
-            if bar {
-                eprint!(
-                    "\r  {} of {} metadata objects, {}   ",
-                    p.objects,
-                    p.total_objects,
-                    human_bytes(p.bytes)
-                );
-                let _ = std::io::stderr().flush();
-            }
+            report(Event::Fetched {
+                objects: p.objects as u64,
+                total: p.total_objects as u64,
+                bytes: p.bytes,
+            })
         })
         .await
         .map_err(|e| anyhow!("recovering vault '{name}' failed: {e}"))?;
-        if bar {
-            eprintln!();
-        }
         Ok((found, p))
     })?;
     // The keys opened the root, so `kdf` is what the vault was made with.
     write_config(data_dir, name, &keys, kdf, &found)?;
-    say(&format!(
-        "recovered vault '{name}': {} of metadata in {} objects, {:.1} s; file contents are fetched when read",
-        human_bytes(fetched.bytes),
-        fetched.objects,
-        started.elapsed().as_secs_f64()
-    ));
+    report(Event::Recovered {
+        name: name.into(),
+        bytes: fetched.bytes,
+        objects: fetched.objects as u64,
+        secs: started.elapsed().as_secs_f64(),
+    });
     Ok(())
 }
 
@@ -171,6 +201,7 @@ pub fn update_from_network(
     cfg: &VaultConfig,
     keys: &VaultKeys,
     node: NodeConfig,
+    report: &mut dyn FnMut(Event),
 ) -> anyhow::Result<()> {
     let (st, pending) = match Vault::local_publish_state(data_dir, keys) {
         Ok(v) => v,
@@ -193,58 +224,48 @@ pub fn update_from_network(
         if relation == Relation::Included {
             return Ok(());
         }
+        let name = cfg.vault.clone();
         if relation == Relation::Separate {
-            eprintln!(
-                "warning: a vault named '{}' with this password already exists on the network \
-                 (published {}), but this data dir holds a separate vault created here; it will \
-                 not be published. To use the existing vault, mount it on an empty data dir with \
-                 --vault '{}'",
-                cfg.vault,
-                describe_time(p.time),
-                cfg.vault
-            );
+            report(Event::SeparateVault {
+                name,
+                published: p.time,
+            });
             return Ok(());
         }
         if relation == Relation::Diverged || pending {
-            eprintln!(
-                "warning: another device published a different version of vault '{}' ({}); \
-                 this device keeps its own{}. The next sync from here replaces the other \
-                 version (last synced wins)",
-                cfg.vault,
-                describe_time(p.time),
-                if pending {
-                    " and its unsynced changes"
-                } else {
-                    ""
-                }
-            );
+            report(Event::Diverged {
+                name,
+                published: p.time,
+                pending,
+            });
             return Ok(());
         }
-        say(&format!(
-            "taking up the newer version of vault '{}' another device published {}...",
-            cfg.vault,
-            describe_time(p.time)
-        ));
+        report(Event::TakingUp {
+            name,
+            published: p.time,
+        });
         let got = metasync::pull_into(node, keys, &found, &dir, Some(st.device), |_| {})
             .await
             .map_err(|e| anyhow!("updating from the network failed: {e}"))?;
-        say(&format!(
-            "updated to version {} ({} of metadata)",
-            found.record.seq,
-            human_bytes(got.bytes)
-        ));
+        report(Event::Updated {
+            seq: found.record.seq,
+            bytes: got.bytes,
+        });
         Ok(())
     })
 }
 
 /// `drizzle init` with peers: refuses a name and password that already
 /// have a vault on the network.
-pub fn refuse_existing(name: &str, keys: &VaultKeys, node: NodeConfig) -> anyhow::Result<()> {
+pub fn refuse_existing(
+    name: &str,
+    keys: &VaultKeys,
+    node: NodeConfig,
+    report: &mut dyn FnMut(Event),
+) -> anyhow::Result<()> {
     with_node(node, async |node| {
         if metasync::wait_for_peers(node, PEER_WAIT).await == 0 {
-            eprintln!(
-                "warning: no peer was reachable, so drizzle could not check whether vault '{name}' already exists"
-            );
+            report(Event::Unchecked { name: name.into() });
             return Ok(());
         }
         let look = metasync::find_root(node, keys).await;

@@ -35,7 +35,8 @@ pub(super) fn init(
         };
         let node = net.node_config(data_dir.join("node"), 0)?;
         let keys = VaultKeys::derive(password.as_bytes(), name, kdf)?;
-        crate::recover::refuse_existing(name, &keys, node)?;
+        let mut progress = super::render::Progress::new();
+        crate::recover::refuse_existing(name, &keys, node, &mut |e| progress.show(e))?;
     }
     create_vault(&data_dir, name, &password, kdf, k, n)?;
     println!("created vault '{name}' in {}", data_dir.display());

@@ -15,6 +15,7 @@ mod init;
 mod mount;
 mod node;
 mod password;
+mod render;
 pub mod simulate;
 mod status;
 

@@ -38,32 +38,31 @@ pub(super) fn mount(
     // A remount right after an unmount: the previous daemon may still be
     // finishing (final sync, publish) and holding the database.
     daemon::wait_previous_daemon(&data_dir, |m| eprintln!("{m}"))?;
-    let recovering = !VaultConfig::path(&data_dir).exists();
-    if !recovering {
-        let c = VaultConfig::load(&data_dir)?;
-        check_threshold(opts.repair_threshold, c.k, c.n)?;
-    }
-    if recovering {
-        // An empty data dir and a vault name: recover it from the network.
-        let Some(name) = want else {
-            bail!(
-                "{} is not a drizzle vault (no vault.json): create one with drizzle init --vault NAME, \
-                 or recover one from the network with drizzle mount MOUNTPOINT --vault NAME --peer ADDR",
-                data_dir.display()
-            );
-        };
-        validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
-        daemon::prepare_mountpoint(mountpoint)?;
-    }
+    let recovering = check_data_dir(&data_dir, mountpoint, want, opts)?;
     let password = read_password(common, false)?;
     if let (true, Some(name)) = (recovering, want) {
-        crate::recover::recover(&data_dir, name, &password, kdf, setup.node.clone())?;
+        let mut progress = super::render::Progress::new();
+        crate::recover::recover(
+            &data_dir,
+            name,
+            &password,
+            kdf,
+            setup.node.clone(),
+            &mut |e| progress.show(e),
+        )?;
     }
     let (cfg, keys) = unlock(&data_dir, &password)?;
     check_threshold(opts.repair_threshold, cfg.k, cfg.n)?;
     if !recovering && !opts.net.peer.is_empty() {
         // Another device may have published a newer version meanwhile.
-        crate::recover::update_from_network(&data_dir, &cfg, &keys, setup.node.clone())?;
+        let mut progress = super::render::Progress::new();
+        crate::recover::update_from_network(
+            &data_dir,
+            &cfg,
+            &keys,
+            setup.node.clone(),
+            &mut |e| progress.show(e),
+        )?;
     }
     drop(keys);
     if let Some(w) = want {
@@ -86,8 +85,48 @@ pub(super) fn mount(
             Err(e) => eprintln!("error: {e}"),
         });
     }
-    // The child gets the options as resolved here (sizes in bytes, so it
-    // does not measure the disk again) in one value with the password.
+    start_background(&data_dir, mountpoint, opts, &setup, &password)?;
+    println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
+    Ok(())
+}
+
+/// Checks the data dir before asking for a password: an existing vault's
+/// repair threshold, or for an empty one (to recover) the vault name and
+/// the mount point. True when the vault is to be recovered.
+fn check_data_dir(
+    data_dir: &Path,
+    mountpoint: &Path,
+    want: Option<&str>,
+    opts: &MountNetArgs,
+) -> anyhow::Result<bool> {
+    if VaultConfig::path(data_dir).exists() {
+        let c = VaultConfig::load(data_dir)?;
+        check_threshold(opts.repair_threshold, c.k, c.n)?;
+        return Ok(false);
+    }
+    // An empty data dir and a vault name: recover it from the network.
+    let Some(name) = want else {
+        bail!(
+            "{} is not a drizzle vault (no vault.json): create one with drizzle init --vault NAME, \
+             or recover one from the network with drizzle mount MOUNTPOINT --vault NAME --peer ADDR",
+            data_dir.display()
+        );
+    };
+    validate_name(name).map_err(|e| anyhow!("bad vault name: {e}"))?;
+    daemon::prepare_mountpoint(mountpoint)?;
+    Ok(true)
+}
+
+/// Starts the daemon as a background child. The child gets the options as
+/// resolved here (sizes in bytes, so it does not measure the disk again)
+/// in one value with the password.
+fn start_background(
+    data_dir: &Path,
+    mountpoint: &Path,
+    opts: &MountNetArgs,
+    setup: &MountSetup,
+    password: &str,
+) -> anyhow::Result<()> {
     let settings = ChildSettings {
         opts: MountNetArgs {
             donate: Some(setup.node.donate.to_string()),
@@ -96,9 +135,7 @@ pub(super) fn mount(
         },
         password: password.to_string(),
     };
-    spawn_daemon(&data_dir, mountpoint, &settings)?;
-    println!("mounted vault '{}' at {}", cfg.vault, mountpoint.display());
-    Ok(())
+    spawn_daemon(data_dir, mountpoint, &settings)
 }
 
 /// The mount's settings from its flags (sizes parsed, defaults filled in:
