@@ -133,13 +133,7 @@ impl Vault {
                 return Ok(());
             }
             let from = chunks - SLICE;
-            f.epoch += 1;
-            let dropped: usize = f
-                .dirty
-                .split_off(&from)
-                .values()
-                .map(|d| d.data.len())
-                .sum();
+            let dropped = f.cut_dirty(from);
             f.inode.size = from * CHUNK_SIZE as u64;
             let now = Time::now();
             f.inode.mtime = now;

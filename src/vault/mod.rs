@@ -5,7 +5,7 @@
 //! (`write.rs`) that background workers seal into objects (`seal.rs`);
 //! reads (`read.rs`) load objects through `load.rs`. This file holds the
 //! `Vault` and its state, opening and crash recovery, sealed records and
-//! commits, and status; `namespace.rs` the POSIX namespace; `objects.rs`
+//! commits (status in `status.rs`); `namespace.rs` the POSIX namespace; `objects.rs`
 //! the object index; `free.rs` freeing large files; `replica.rs` the
 //! metadata publishing state.
 //!
@@ -21,6 +21,7 @@ mod read;
 pub mod records;
 pub mod replica;
 mod seal;
+mod status;
 pub mod versions;
 mod write;
 
@@ -250,6 +251,19 @@ struct FileState {
     /// write or fsync.
     error: Option<(i32, String)>,
     idle_since: Instant,
+}
+
+impl FileState {
+    /// A shrinking truncate: voids the seals in flight (epoch) and drops
+    /// the dirty chunks from `index` on; the bytes dropped.
+    fn cut_dirty(&mut self, index: u64) -> usize {
+        self.epoch += 1;
+        self.dirty
+            .split_off(&index)
+            .values()
+            .map(|d| d.data.len())
+            .sum()
+    }
 }
 
 struct Inner {
@@ -522,60 +536,6 @@ impl Vault {
 
     fn dir_is_empty(&self, ino: Ino) -> Result<bool> {
         Ok(self.store.scan(Cf::Dirents, &ino_key(ino), 1)?.is_empty())
-    }
-
-    // ---- status -------------------------------------------------------------
-
-    /// Counts files and bytes (a scan of the inode table, decrypted without
-    /// the vault lock; the lock is taken only to read the counters and the
-    /// sizes of files being written).
-    pub fn stats(&self) -> Result<VaultStats> {
-        let mut inodes = Vec::new();
-        for (k, v) in self.store.scan(Cf::Inodes, &[], usize::MAX)? {
-            let ino = Ino::from_be_bytes(k[..8].try_into().map_err(|e| corrupt("inode key", e))?);
-            let inode: Inode = decode(&open_record(&self.keys, Cf::Inodes, &k, &v)?)
-                .map_err(|e| corrupt("inode", e))?;
-            inodes.push((ino, inode.kind, inode.size));
-        }
-        let inner = self.lock();
-        let mut s = VaultStats {
-            stored_bytes: inner.counters.stored_bytes,
-            objects: inner.counters.objects,
-            pending_bytes: inner.dirty_bytes as u64,
-            used_bytes: inner.counters.stored_bytes + inner.dirty_bytes as u64,
-            allowed_bytes: self.opts.allowance,
-            ..Default::default()
-        };
-        for (ino, kind, size) in &mut inodes {
-            if let Some(f) = inner.files.get(ino) {
-                *size = f.inode.size;
-            }
-            match kind {
-                Kind::Dir => s.dirs += 1,
-                Kind::File => {
-                    s.files += 1;
-                    s.logical_bytes += *size;
-                }
-                _ => s.files += 1,
-            }
-        }
-        drop(inner);
-        s.cache_bytes = self.loader().cache.bytes();
-        Ok(s)
-    }
-
-    /// (used, allowed) stored bytes, for statfs.
-    pub fn space(&self) -> (u64, u64) {
-        let inner = self.lock();
-        (
-            inner.counters.stored_bytes + inner.dirty_bytes as u64,
-            self.opts.allowance,
-        )
-    }
-
-    /// Inodes allocated so far (for statfs).
-    pub fn inode_count(&self) -> u64 {
-        self.lock().counters.next_ino - 1
     }
 }
 

@@ -291,14 +291,8 @@ impl Vault {
         }
         let old = f.inode.size;
         if size < old {
-            f.epoch += 1;
             let keep = size.div_ceil(CHUNK_SIZE as u64);
-            let dropped: usize = f
-                .dirty
-                .split_off(&keep)
-                .values()
-                .map(|d| d.data.len())
-                .sum();
+            let dropped = f.cut_dirty(keep);
             inner.dirty_bytes -= dropped;
             let mut batch = Txn::default();
             // Only the chunks at or past the new end (at most a slice
