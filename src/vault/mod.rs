@@ -5,13 +5,15 @@
 //! (`write.rs`) that background workers seal into objects (`seal.rs`);
 //! reads (`read.rs`) load objects through `load.rs`. This file holds the
 //! `Vault` and its state, opening and crash recovery, sealed records and
-//! commits (status in `status.rs`); `namespace.rs` the POSIX namespace; `objects.rs`
-//! the object index; `free.rs` freeing large files; `replica.rs` the
-//! metadata publishing state.
+//! commits; `status.rs` what status shows; `namespace.rs` the POSIX
+//! namespace; `objects.rs` the object index; `free.rs` freeing large
+//! files; `replica.rs` the metadata publishing state; `versions.rs` how
+//! versions relate.
 //!
-//! Architecture invariant: no FUSE and no network types here. Every public
-//! method is blocking and thread-safe; callers run it off the FUSE threads.
-//! Every metadata change is one atomic store batch.
+//! Architecture invariant: no FUSE, tokio or network types here. Public
+//! methods are thread-safe and never wait for the network: one that needs
+//! an object from peers returns `VaultError::Wait` (or blocks, in
+//! `Vault::blocking`). Every metadata change is one atomic store batch.
 
 mod free;
 mod load;
