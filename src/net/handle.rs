@@ -3,7 +3,6 @@
 //! swarm task as commands with a oneshot reply where an answer is due.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::fragstore::{FragmentStore, RootOutcome};
 use crate::maint::{Clock, Uptime};
 
 use super::driver::{collect_expired, keep_book};
-use super::serve::INBOUND_WORKERS;
+use super::serve::{INBOUND_QUEUE, INBOUND_WORKERS};
 use super::swarm::{build_swarm, default_listen, load_identity, restore};
 use super::{
     addrbook, proto, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, PeerInfo,
@@ -65,7 +64,7 @@ impl NodeHandle {
             clock: cfg.clock.clone(),
             fault: cfg.fault,
             inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
-            inbound_load: AtomicU64::new(0),
+            admitted: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS + INBOUND_QUEUE)),
         });
         let shared_frags = Arc::downgrade(&shared.frags);
         let shared_book = Arc::downgrade(&shared);

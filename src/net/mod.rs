@@ -175,8 +175,8 @@ struct Shared {
     fault: Option<Fault>,
     /// Inbound requests working on the blocking pool.
     inbound: Arc<tokio::sync::Semaphore>,
-    /// Inbound requests working or waiting for a permit.
-    inbound_load: AtomicU64,
+    /// Inbound requests admitted: working or waiting for a worker permit.
+    admitted: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {

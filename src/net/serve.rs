@@ -19,7 +19,7 @@ use super::{Command, Driver, Fault, NodeHandle, Shared};
 pub(super) const INBOUND_WORKERS: usize = 16;
 
 /// Inbound requests that may wait for a worker; more are answered `Busy`.
-const INBOUND_QUEUE: u64 = 256;
+pub(super) const INBOUND_QUEUE: usize = 256;
 
 impl Driver {
     /// Answers a request from the fragment store, off the swarm task.
@@ -37,10 +37,8 @@ impl Driver {
         }
         // Bounded: a few requests work (disk IO on the blocking pool), some
         // more wait their turn, the rest are told to come back later.
-        if shared.inbound_load.fetch_add(1, Ordering::Relaxed)
-            >= INBOUND_WORKERS as u64 + INBOUND_QUEUE
-        {
-            shared.inbound_load.fetch_sub(1, Ordering::Relaxed);
+        // Both permits are released when dropped, whatever happens.
+        let Ok(admission) = shared.admitted.clone().try_acquire_owned() else {
             shared.counters.busy.fetch_add(1, Ordering::Relaxed);
             let _ = self
                 .swarm
@@ -48,15 +46,14 @@ impl Driver {
                 .frag
                 .send_response(channel, Response::Busy);
             return;
-        }
+        };
         tokio::spawn(async move {
             let Ok(permit) = shared.inbound.clone().acquire_owned().await else {
                 return;
             };
             tokio::task::spawn_blocking(move || {
                 let resp = answer(&shared, &handle, peer, req);
-                drop(permit);
-                shared.inbound_load.fetch_sub(1, Ordering::Relaxed);
+                drop((permit, admission));
                 let _ = handle.cmd.blocking_send(Command::Respond { channel, resp });
             });
         });

@@ -80,6 +80,15 @@ impl Vault {
         if !self.reap_pending.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
+        let r = self.reap_some();
+        if r.is_err() {
+            // Try again at the next tick.
+            self.reap_pending.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn reap_some(&self) -> Result<()> {
         let started = Instant::now();
         for (k, _) in self.store.scan(Cf::Orphans, &[], usize::MAX)? {
             let ino = Ino::from_be_bytes(k[..8].try_into().map_err(|e| corrupt("orphan key", e))?);

@@ -219,14 +219,21 @@ impl Vault {
             .get_mut(id)
             .expect("registered by the caller")
             .push(tx);
-        let vault = self.me.clone();
         let object = *id;
+        let mut pending = PendingFetch {
+            vault: self.me.clone(),
+            object,
+            open: true,
+        };
         fetcher.fetch(
             id,
             &placement,
             patient,
             Box::new(move |fetched| {
-                let Some(vault) = vault.upgrade() else { return };
+                pending.open = false;
+                let Some(vault) = pending.vault.upgrade() else {
+                    return;
+                };
                 let r = vault.fetched(&object, fetched);
                 vault.finish_load(&object, &r);
             }),
@@ -277,6 +284,27 @@ impl Vault {
     /// to peers).
     pub fn drop_memory_cache(&self) {
         self.loader().cache.clear();
+    }
+}
+
+/// A fetch in flight. If the fetcher drops it without an answer (its
+/// runtime stopped), everyone waiting for the object gets an error instead
+/// of waiting forever.
+struct PendingFetch {
+    vault: std::sync::Weak<Vault>,
+    object: ObjectId,
+    open: bool,
+}
+
+impl Drop for PendingFetch {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Some(v) = self.vault.upgrade() {
+            let msg = format!("the fetch of object {} was abandoned", self.object);
+            v.finish_load(&self.object, &Err(VaultError::Unavailable(msg)));
+        }
     }
 }
 

@@ -499,3 +499,53 @@ fn freeing_a_large_file_does_not_hold_up_other_files() {
     assert_eq!((s.files, s.objects), (2, 1));
     assert_eq!(v.read(big, 0, 8).unwrap(), 0u64.to_be_bytes());
 }
+
+/// A fetcher that gives up without an answer (its runtime stopped).
+struct Abandons;
+
+impl Fetcher for Abandons {
+    fn fetch(&self, _: &ObjectId, _: &Placement, _: bool, done: FetchDone) {
+        drop(done);
+    }
+}
+
+/// A read of content only on peers whose fetch is abandoned fails with an
+/// error; it does not wait forever.
+#[test]
+fn an_abandoned_fetch_fails_the_read_instead_of_hanging() {
+    let store = Store::in_memory();
+    Vault::create_in(&store, &keys(), 0, 0).unwrap();
+    let opts = VaultOptions {
+        disk_cache: 0,
+        ..Default::default()
+    };
+    let v = Vault::open_in(store, "t", keys(), opts).unwrap();
+    let f = file(&v, ROOT_INO, "remote");
+    v.write(f, 0, &chunk_content(1)).unwrap();
+    v.fsync(f).unwrap();
+    let id = v.upload_queue(None, 10).unwrap()[0];
+    let placement = Placement {
+        len: 0,
+        k: 1,
+        fragments: Vec::new(),
+        next_index: 0,
+    };
+    assert!(v.commit_placement(&id, &placement).unwrap());
+    assert!(
+        v.local_object(&id).unwrap().is_none(),
+        "still on local disk"
+    );
+    v.drop_memory_cache();
+    v.set_fetcher(Arc::new(Abandons));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = v.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(reader.read(f, 0, 10));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the read hung on an abandoned fetch");
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("abandoned"), "{e}");
+    v.shutdown().unwrap();
+}
