@@ -60,6 +60,10 @@ pub struct NetArgs {
     /// (default 600).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub gc_secs: Option<u64>,
+    /// Inbound connections accepted from one IP address (default 16;
+    /// raise it for many nodes on one host, as in a test cluster).
+    #[arg(long, value_name = "N", hide_short_help = true)]
+    pub conns_per_address: Option<usize>,
 }
 
 impl NetArgs {
@@ -87,6 +91,9 @@ impl NetArgs {
         }
         if let Some(g) = self.gc_secs {
             cfg.gc_interval = Duration::from_secs(g.max(1));
+        }
+        if let Some(n) = self.conns_per_address {
+            cfg.conn_limits.per_ip = n;
         }
         Ok(cfg)
     }

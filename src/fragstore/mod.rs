@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::coder::{FragmentId, Header};
 use crate::crypto::ObjectId;
 use crate::maint::Clock;
+pub use crate::store::ObjectData;
 use crate::store::{Batch, Cf, Store, StoreError};
 
 mod leases;
@@ -25,7 +26,7 @@ mod roots;
 #[cfg(test)]
 mod tests;
 
-pub use roots::RootOutcome;
+pub use roots::{RootFrom, RootOutcome, MAX_ROOTS, MAX_ROOT_BYTES, ROOTS_PER_PEER, ROOT_TTL_SECS};
 
 /// A lease as the storing peer sees it: hashes of the owner's secrets and
 /// a duration. Renewing or cancelling needs the secret itself.
@@ -95,8 +96,8 @@ pub struct FragmentStore {
     grace: u64,
     used: Mutex<Usage>,
     /// Root records held; the lock also serializes updates (check the
-    /// sequence, then store).
-    roots: Mutex<u64>,
+    /// sequence, then store). Taken before `used`, never after.
+    roots: Mutex<roots::RootUsage>,
     /// Leases age by this clock (simulated in tests and the simulator).
     clock: Arc<dyn Clock>,
 }
@@ -170,7 +171,7 @@ impl FragmentStore {
         if removed > 0 {
             tracing::info!("removed {removed} fragment files left unindexed by a crash");
         }
-        let roots = store.scan(Cf::Roots, &[], usize::MAX)?.len() as u64;
+        let roots = Self::sum_roots(&store, clock.now(), &mut usage)?;
         Ok(FragmentStore {
             store,
             dir: dir.to_path_buf(),
@@ -301,6 +302,15 @@ impl FragmentStore {
         u.fragments += 1;
         *u.by_peer.entry(peer.to_vec()).or_default() += len;
         Ok(None)
+    }
+
+    /// A fragment's bytes, or its open file for large ones (sent in
+    /// pieces, never read whole into memory).
+    pub fn open_fragment(&self, id: &FragmentId) -> Result<Option<ObjectData>, StoreError> {
+        if self.store.get(Cf::Fragments, &id.0)?.is_none() {
+            return Ok(None);
+        }
+        self.store.open_object(&ObjectId(id.0))
     }
 
     pub fn get(&self, id: &FragmentId) -> Result<Option<Vec<u8>>, StoreError> {

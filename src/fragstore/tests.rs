@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::coder::encode;
+use crate::fragstore::RootFrom;
 
 const LEASE: LeaseTerms = LeaseTerms {
     renew_hash: [0; 32],
@@ -64,20 +65,26 @@ fn root_records_only_move_forward_and_survive_restarts() {
     let k = r1.key();
     {
         let fs = FragmentStore::open(dir.path(), 0, 0).unwrap();
-        assert_eq!(fs.put_root(&k, &r2.encode()).unwrap(), RootOutcome::Stored);
-        assert_eq!(fs.put_root(&k, &r2.encode()).unwrap(), RootOutcome::Same);
+        assert_eq!(
+            fs.put_root(&k, &r2.encode(), RootFrom::Own).unwrap(),
+            RootOutcome::Stored
+        );
+        assert_eq!(
+            fs.put_root(&k, &r2.encode(), RootFrom::Own).unwrap(),
+            RootOutcome::Same
+        );
         assert!(matches!(
-            fs.put_root(&k, &r1.encode()).unwrap(),
+            fs.put_root(&k, &r1.encode(), RootFrom::Own).unwrap(),
             RootOutcome::Refused(_)
         ));
         let mut forged = r2.clone();
         forged.seq = 9;
         assert!(matches!(
-            fs.put_root(&k, &forged.encode()).unwrap(),
+            fs.put_root(&k, &forged.encode(), RootFrom::Own).unwrap(),
             RootOutcome::Refused(_)
         ));
         assert!(matches!(
-            fs.put_root(&[0; 32], &r2.encode()).unwrap(),
+            fs.put_root(&[0; 32], &r2.encode(), RootFrom::Own).unwrap(),
             RootOutcome::Refused(_)
         ));
     }
@@ -85,6 +92,77 @@ fn root_records_only_move_forward_and_survive_restarts() {
     assert_eq!(fs.get_root(&k).unwrap().unwrap(), r2.encode());
     assert_eq!(fs.roots().unwrap().len(), 1);
     assert_eq!(fs.root_count(), 1);
+}
+
+/// A root record signed by a fresh key (as an attacker makes them).
+fn fresh_root(i: u32) -> ([u8; 32], Vec<u8>) {
+    let mut seed = [7u8; 32];
+    seed[..4].copy_from_slice(&i.to_be_bytes());
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let kdf = crate::crypto::KdfParams::default_strong();
+    let r = crate::root::RootRecord::sign(&key, 1, kdf, vec![0; 1000]);
+    (r.key(), r.encode())
+}
+
+#[test]
+fn root_records_are_charged_bounded_per_peer_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = crate::maint::clock::SimClock::new(1_000_000);
+    let fs = FragmentStore::open_with_clock(dir.path(), 1 << 20, 64 << 10, clock.clone()).unwrap();
+    let peer = |id: &'static [u8]| RootFrom::Peer { id, gives: 0 };
+    // A node that donates nothing keeps no records for others.
+    let none = FragmentStore::open(&dir.path().join("zero"), 0, 1 << 30).unwrap();
+    let (k, r) = fresh_root(0);
+    assert!(matches!(
+        none.put_root(&k, &r, peer(b"a")).unwrap(),
+        RootOutcome::Refused(why) if why.contains("donates no space")
+    ));
+    // One peer: its share of records, then refused with a reason.
+    let mut kept = 0;
+    for i in 0..100 {
+        let (k, r) = fresh_root(i);
+        match fs.put_root(&k, &r, peer(b"flooder")).unwrap() {
+            RootOutcome::Stored => kept += 1,
+            RootOutcome::Refused(why) => assert!(why.contains("for you already"), "{why}"),
+            RootOutcome::Same => unreachable!(),
+        }
+    }
+    assert_eq!(kept, ROOTS_PER_PEER);
+    // Charged like fragments: the donation's usage and the peer's share.
+    let bytes = fs.capacity().used;
+    assert!(bytes >= ROOTS_PER_PEER as u64 * 1000, "{bytes}");
+    assert_eq!(fs.stored_for(b"flooder"), bytes);
+    // Another peer is still served; the node's own vault is never charged.
+    let (k, r) = fresh_root(1000);
+    assert_eq!(
+        fs.put_root(&k, &r, peer(b"honest")).unwrap(),
+        RootOutcome::Stored
+    );
+    let (own_k, own_r) = fresh_root(2000);
+    assert_eq!(
+        fs.put_root(&own_k, &own_r, RootFrom::Own).unwrap(),
+        RootOutcome::Stored
+    );
+    assert_eq!(fs.capacity().used, bytes + r.len() as u64);
+    // After a restart, the same sums.
+    drop(fs);
+    let fs = FragmentStore::open_with_clock(dir.path(), 1 << 20, 64 << 10, clock.clone()).unwrap();
+    assert_eq!(fs.stored_for(b"flooder"), bytes);
+    assert_eq!(fs.root_count(), ROOTS_PER_PEER as u64 + 2);
+    // Months pass; the honest vault offers its record again, the flooder
+    // does not: only the flooder's go, and their space with them.
+    clock.advance(ROOT_TTL_SECS / 2);
+    assert_eq!(
+        fs.put_root(&k, &r, peer(b"honest")).unwrap(),
+        RootOutcome::Same
+    );
+    clock.advance(ROOT_TTL_SECS / 2 + 1);
+    assert_eq!(fs.expire_roots().unwrap().len(), ROOTS_PER_PEER as usize);
+    assert_eq!(fs.stored_for(b"flooder"), 0);
+    assert!(fs.get_root(&k).unwrap().is_some());
+    assert!(fs.get_root(&own_k).unwrap().is_some());
+    assert_eq!(fs.root_count(), 2);
+    assert_eq!(fs.capacity().used, r.len() as u64);
 }
 
 #[test]

@@ -16,7 +16,8 @@ use libp2p::PeerId;
 use libp2p::{identify, kad, mdns, ping};
 
 use super::proto::{Request, Response, PROTOCOL};
-use crate::fragstore::{FragmentStore, RootOutcome};
+use crate::fragstore::{FragmentStore, RootFrom, RootOutcome};
+use crate::store::StoreError;
 
 use super::{
     addrbook, split_peer_addr, BehaviourEvent, Command, Driver, KadPending, NetError, PeerInfo,
@@ -50,9 +51,13 @@ pub(super) async fn keep_book(shared: std::sync::Weak<Shared>, every: Duration) 
     }
 }
 
-/// Deletes fragments whose lease ran out, every `every`, until the node's
-/// store is gone.
-pub(super) async fn collect_expired(frags: std::sync::Weak<FragmentStore>, every: Duration) {
+/// Deletes fragments whose lease ran out and root records nobody offered
+/// again for months, every `every`, until the node's store is gone.
+pub(super) async fn collect_expired(
+    frags: std::sync::Weak<FragmentStore>,
+    cmd: tokio::sync::mpsc::WeakSender<Command>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -60,10 +65,27 @@ pub(super) async fn collect_expired(frags: std::sync::Weak<FragmentStore>, every
         let Some(f) = frags.upgrade() else {
             return;
         };
-        match tokio::task::spawn_blocking(move || f.expire()).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!("deleted {n} fragments whose lease ran out"),
+        let r = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((f.expire()?, f.expire_roots()?))
+        });
+        match r.await {
+            Ok(Ok((n, roots))) => {
+                if n > 0 {
+                    tracing::info!("deleted {n} fragments whose lease ran out");
+                }
+                if !roots.is_empty() {
+                    tracing::info!(
+                        "dropped {} root records not offered again for months",
+                        roots.len()
+                    );
+                }
+                for key in roots {
+                    let Some(tx) = cmd.upgrade() else { return };
+                    let _ = tx.send(Command::KadForget(key)).await;
+                }
+            }
             Ok(Err(e)) => tracing::error!("deleting expired fragments: {e}"),
-            _ => {}
+            Err(_) => {}
         }
     }
 }
@@ -182,6 +204,13 @@ impl Driver {
                     self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }
             }
+            Command::KadForget(key) => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .remove(&kad::RecordKey::new(&key));
+            }
             Command::KadKeep(mut r) => {
                 r.expires = None;
                 if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(r) {
@@ -240,22 +269,36 @@ impl Driver {
     }
 
     /// A peer asks this node to keep a record: only valid root records that
-    /// are newer than the one held are kept (in the node's store, then in
-    /// the DHT store).
-    fn on_kad_put(&mut self, record: kad::Record) {
+    /// are newer than the one held, within the peer's share, are kept (in
+    /// the node's store, then in the DHT store). Admitted like a request.
+    fn on_kad_put(&mut self, source: PeerId, record: kad::Record) {
         let Ok(key) = <[u8; 32]>::try_from(record.key.as_ref()) else {
             tracing::debug!("ignored a DHT record with a foreign key");
             return;
         };
         let shared = self.shared.clone();
+        let Some(permits) = shared.admit(source, &Request::RootGet { key }) else {
+            tracing::debug!(%source, "ignored a DHT record: too much inbound work");
+            return;
+        };
         let handle = self.handle.clone();
-        tokio::task::spawn_blocking(move || match shared.frags.put_root(&key, &record.value) {
-            Ok(RootOutcome::Stored) => {
-                let _ = handle.cmd.blocking_send(Command::KadKeep(record));
+        tokio::task::spawn_blocking(move || {
+            let from = RootFrom::Peer {
+                id: &source.to_bytes(),
+                gives: shared.gives(&source),
+            };
+            let out = shared.frags.put_root(&key, &record.value, from);
+            drop(permits);
+            match out {
+                Ok(RootOutcome::Stored) => {
+                    let _ = handle.cmd.blocking_send(Command::KadKeep(record));
+                }
+                Ok(RootOutcome::Same) => {}
+                Ok(RootOutcome::Refused(why)) => {
+                    tracing::debug!(%source, "refused a DHT record: {why}")
+                }
+                Err(e) => tracing::error!("storing a root record: {e}"),
             }
-            Ok(RootOutcome::Same) => {}
-            Ok(RootOutcome::Refused(why)) => tracing::debug!("refused a DHT record: {why}"),
-            Err(e) => tracing::error!("storing a root record: {e}"),
         });
     }
 
@@ -290,10 +333,17 @@ impl Driver {
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                let mut peers = self.peers();
-                if let Some(p) = peers.get_mut(&peer_id) {
-                    p.connections = p.connections.saturating_sub(1);
-                    p.last_seen = Instant::now();
+                let gone = {
+                    let mut peers = self.peers();
+                    peers.get_mut(&peer_id).is_some_and(|p| {
+                        p.connections = p.connections.saturating_sub(1);
+                        p.last_seen = Instant::now();
+                        p.connections == 0
+                    })
+                };
+                if gone {
+                    // Its requests still in flight keep their permits.
+                    self.shared.gates().remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -359,10 +409,11 @@ impl Driver {
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
+                        source,
                         record: Some(record),
                         ..
                     },
-            }) => self.on_kad_put(record),
+            }) => self.on_kad_put(source, record),
             _ => {}
         }
     }

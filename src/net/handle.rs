@@ -38,8 +38,10 @@ impl NodeHandle {
         let counters = NodeCounters::default();
         let codec = proto::Codec {
             rejected: counters.malformed.clone(),
+            ..Default::default()
         };
-        let mut swarm = build_swarm(key, mdns_on, codec)?;
+        let limits = super::limits::Limits::new(cfg.conn_limits, counters.conns_refused.clone());
+        let mut swarm = build_swarm(key, mdns_on, codec, limits)?;
         let listen = if cfg.listen.is_empty() {
             default_listen()
         } else {
@@ -65,6 +67,7 @@ impl NodeHandle {
             fault: cfg.fault,
             inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
             admitted: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS + INBOUND_QUEUE)),
+            gates: Default::default(),
         });
         let shared_frags = Arc::downgrade(&shared.frags);
         let shared_book = Arc::downgrade(&shared);
@@ -86,7 +89,11 @@ impl NodeHandle {
             driver.dial_known(peer);
         }
         tokio::spawn(driver.run());
-        tokio::spawn(collect_expired(shared_frags, cfg.gc_interval));
+        tokio::spawn(collect_expired(
+            shared_frags,
+            handle.cmd.downgrade(),
+            cfg.gc_interval,
+        ));
         tokio::spawn(keep_book(shared_book, cfg.book_every));
         for addr in &cfg.peers {
             handle.dial(addr.clone());
@@ -263,7 +270,7 @@ impl NodeHandle {
         let out = self
             .shared
             .frags
-            .put_root(key, record)
+            .put_root(key, record, crate::fragstore::RootFrom::Own)
             .map_err(|e| e.to_string())?;
         if out == RootOutcome::Stored {
             let r = kad::Record::new(kad::RecordKey::new(key), record.to_vec());

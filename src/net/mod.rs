@@ -17,10 +17,12 @@
 pub mod addrbook;
 mod driver;
 mod handle;
+mod limits;
 pub mod proto;
 mod serve;
 mod swarm;
 
+pub use limits::ConnLimits;
 pub use swarm::default_listen;
 
 use std::collections::HashMap;
@@ -89,6 +91,8 @@ pub struct NodeConfig {
     /// How often peers' uptime is counted (and the address book written).
     pub book_every: Duration,
     pub mdns: bool,
+    /// Connections kept in all, per peer and per address.
+    pub conn_limits: ConnLimits,
     /// Address for the Prometheus endpoint (served by the daemon, not here).
     pub metrics: Option<String>,
     /// Leases and peer uptime age by this clock (the system's, except in
@@ -109,6 +113,7 @@ impl NodeConfig {
             gc_interval: Duration::from_secs(600),
             book_every: Duration::from_secs(15),
             mdns: false,
+            conn_limits: ConnLimits::default(),
             metrics: None,
             clock: crate::maint::clock::system(),
             fault: None,
@@ -159,6 +164,11 @@ pub struct NodeCounters {
     pub malformed: Arc<AtomicU64>,
     /// Requests answered `Busy` (too much inbound work queued).
     pub busy: AtomicU64,
+    /// Requests answered `Busy` because their peer was over its share
+    /// (requests in flight or its rate).
+    pub throttled: AtomicU64,
+    /// Connections refused by the connection limits.
+    pub conns_refused: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -177,9 +187,25 @@ struct Shared {
     inbound: Arc<tokio::sync::Semaphore>,
     /// Inbound requests admitted: working or waiting for a worker permit.
     admitted: Arc<tokio::sync::Semaphore>,
+    /// Each connected peer's share of inbound work (see `serve`).
+    gates: std::sync::Mutex<HashMap<PeerId, serve::Gate>>,
 }
 
 impl Shared {
+    /// What this node's vault stores on `peer` (the ledger's "gives").
+    fn gives(&self, peer: &PeerId) -> u64 {
+        self.credits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, serve::Gate>> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, addrbook::AddressBook> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -208,6 +234,8 @@ enum Command {
     Find(PeerId),
     /// Keep a validated root record in the DHT store (answers GET_VALUE).
     KadKeep(kad::Record),
+    /// Drop an expired root record from the DHT store.
+    KadForget([u8; 32]),
     /// Publish a root record in the DHT (to the closest peers of its key).
     KadPut {
         record: kad::Record,
@@ -236,6 +264,7 @@ pub struct NodeHandle {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: limits::Limits,
     identify: identify::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     ping: ping::Behaviour,

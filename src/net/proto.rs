@@ -18,8 +18,6 @@ use crate::coder::{FragmentId, MAX_FRAGMENT};
 pub use crate::fragstore::{Capacity, LeaseTerms};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/drizzle/fragments/1");
-/// Largest request or response body.
-pub const MAX_MESSAGE: usize = MAX_FRAGMENT + 4096;
 /// Most ids in one HAS request.
 pub const MAX_HAS: usize = 4096;
 /// Longest reason text in a refusal.
@@ -80,6 +78,10 @@ pub enum Request {
     RootGet {
         key: [u8; 32],
     },
+    /// Never on the wire: a request the codec read past without keeping
+    /// it, because the node's budget of inbound bytes was spent (answered
+    /// `Busy`).
+    Shed,
 }
 
 impl std::fmt::Debug for Request {
@@ -94,6 +96,7 @@ impl std::fmt::Debug for Request {
             Request::Capacity => write!(f, "Capacity"),
             Request::RootPut { record, .. } => write!(f, "RootPut({}B)", record.len()),
             Request::RootGet { .. } => write!(f, "RootGet"),
+            Request::Shed => write!(f, "Shed"),
         }
     }
 }
@@ -102,6 +105,10 @@ impl std::fmt::Debug for Request {
 pub enum Response {
     Stored,
     Fragment(Bytes),
+    /// Sent as a `Fragment`, read from its file piece by piece while the
+    /// stream takes it (the node never holds a whole large fragment for a
+    /// peer that does not read); never decoded.
+    Streamed(Streamed),
     NotFound,
     Has(Vec<bool>),
     Capacity(Capacity),
@@ -122,6 +129,7 @@ impl std::fmt::Debug for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Response::Fragment(d) => write!(f, "Fragment({}B)", d.len()),
+            Response::Streamed(s) => write!(f, "Fragment({}B, streamed)", s.len),
             Response::Stored => write!(f, "Stored"),
             Response::NotFound => write!(f, "NotFound"),
             Response::Has(v) => write!(f, "Has({v:?})"),
@@ -207,12 +215,14 @@ impl Request {
                 out.push(9);
                 out.extend_from_slice(key);
             }
+            // Tag 0 is no request: a receiver refuses it.
+            Request::Shed => out.push(0),
         }
         (out, Bytes::new())
     }
 
-    pub fn decode(body: Vec<u8>) -> io::Result<Self> {
-        let b = body.as_slice();
+    pub fn decode(body: Bytes) -> io::Result<Self> {
+        let b = &body[..];
         let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty request"))?;
         match tag {
             1 => {
@@ -231,7 +241,7 @@ impl Request {
                 Ok(Request::Put {
                     id,
                     lease,
-                    data: Bytes::from(body).slice(1 + 32 + 68..),
+                    data: body.slice(1 + 32 + 68..),
                 })
             }
             5 => {
@@ -293,6 +303,8 @@ impl Response {
                 out.push(2);
                 return (out, d.clone());
             }
+            // The codec writes the payload itself (see `write_streamed`).
+            Response::Streamed(_) => out.push(2),
             Response::NotFound => out.push(3),
             Response::Has(v) => {
                 out.push(4);
@@ -329,8 +341,8 @@ impl Response {
         (out, Bytes::new())
     }
 
-    pub fn decode(body: Vec<u8>) -> io::Result<Self> {
-        let b = body.as_slice();
+    pub fn decode(body: Bytes) -> io::Result<Self> {
+        let b = &body[..];
         let (&tag, rest) = b.split_first().ok_or_else(|| invalid("empty response"))?;
         let empty = |r: Response| {
             if rest.is_empty() {
@@ -341,7 +353,7 @@ impl Response {
         };
         match tag {
             1 => empty(Response::Stored),
-            2 if rest.len() <= MAX_FRAGMENT => Ok(Response::Fragment(Bytes::from(body).slice(1..))),
+            2 if rest.len() <= MAX_FRAGMENT => Ok(Response::Fragment(body.slice(1..))),
             3 => empty(Response::NotFound),
             4 if rest.len() <= MAX_HAS && rest.iter().all(|b| *b <= 1) => {
                 Ok(Response::Has(rest.iter().map(|b| *b == 1).collect()))
@@ -364,19 +376,159 @@ impl Response {
     }
 }
 
-/// Reads one length-prefixed message of at most `limit` bytes.
-pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
+/// Largest message of each request type, by its tag (`None`: no such
+/// type). Only a PUT carries a fragment; the rest are small.
+fn request_limit(tag: u8) -> Option<usize> {
+    Some(match tag {
+        1 => 1 + 32 + 68 + MAX_FRAGMENT,
+        2 | 9 => 1 + 32,
+        3 => 1 + 32 * MAX_HAS,
+        4 => 1,
+        5 => 1 + 4 + 64 * MAX_HAS,
+        6 => 1 + 64 * MAX_HAS,
+        7 => 1 + 40,
+        8 => 1 + 32 + crate::root::MAX_ROOT,
+        _ => return None,
+    })
+}
+
+/// Largest message of each response type, like [`request_limit`].
+fn response_limit(tag: u8) -> Option<usize> {
+    Some(match tag {
+        1 | 3 | 10 => 1,
+        2 => 1 + MAX_FRAGMENT,
+        4 => 1 + MAX_HAS,
+        5 => 1 + 24,
+        6 | 7 => 1 + MAX_REASON,
+        8 => 1 + crate::maint::audit::MAX_PROOF,
+        9 => 1 + crate::root::MAX_ROOT,
+        _ => return None,
+    })
+}
+
+/// Bodies up to this size are read without asking the byte budget.
+const SMALL: usize = 64 * 1024;
+
+/// How long a large request waits for room in the byte budget before it
+/// is read past and answered `Busy`.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bytes of large inbound requests a node holds at once (all peers).
+pub const INBOUND_BYTES: usize = 64 << 20;
+
+/// One message read off a stream.
+pub enum Frame {
+    Body(Bytes),
+    /// A large message read past unkept: the byte budget was spent.
+    Shed,
+}
+
+/// A message body and the budget it holds until it is dropped.
+struct Held {
+    buf: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Reads one length-prefixed message. The type (its first byte) is read
+/// before anything is allocated, and the length checked against that
+/// type's `limit`; a large body takes its size from `budget` (if any) for
+/// as long as it is kept, or is read past and dropped when the budget
+/// stays spent.
+pub async fn read_frame<T: AsyncRead + Unpin>(
+    io: &mut T,
+    limit: impl Fn(u8) -> Option<usize>,
+    budget: Option<&Arc<tokio::sync::Semaphore>>,
+) -> io::Result<Frame> {
+    let mut head = [0u8; 5];
+    io.read_exact(&mut head[..4]).await?;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 {
+        return Err(invalid("empty message"));
+    }
+    io.read_exact(&mut head[4..]).await?;
+    let tag = head[4];
+    let max = limit(tag).ok_or_else(|| invalid(format!("unknown message type {tag}")))?;
+    if len > max {
         return Err(invalid(format!(
-            "message of {len} bytes is over the {limit} limit"
+            "message of type {tag} and {len} bytes is over its {max}-byte limit"
         )));
     }
+    let permit = match budget {
+        Some(b) if len > SMALL => {
+            let n = u32::try_from(len).map_err(|_| invalid("message too large"))?;
+            match tokio::time::timeout(BUDGET_WAIT, b.clone().acquire_many_owned(n)).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    let rest = (len - 1) as u64;
+                    let skipped =
+                        futures::io::copy(&mut (&mut *io).take(rest), &mut futures::io::sink())
+                            .await?;
+                    if skipped != rest {
+                        return Err(invalid("message cut short"));
+                    }
+                    return Ok(Frame::Shed);
+                }
+            }
+        }
+        _ => None,
+    };
     let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    buf[0] = tag;
+    io.read_exact(&mut buf[1..]).await?;
+    Ok(Frame::Body(match permit {
+        Some(p) => Bytes::from_owner(Held { buf, _permit: p }),
+        None => Bytes::from(buf),
+    }))
+}
+
+/// A stored fragment sent from its file (see [`Response::Streamed`]).
+#[derive(Clone)]
+pub struct Streamed {
+    pub file: Arc<std::fs::File>,
+    pub len: u64,
+    /// Released when the answer is written (or its stream dropped): the
+    /// peer's share of requests in flight.
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl PartialEq for Streamed {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.len == other.len
+    }
+}
+
+impl Eq for Streamed {}
+
+/// Pieces a streamed fragment is read and sent in.
+const PIECE: usize = 256 * 1024;
+
+/// Writes a fragment from its file as one `Fragment` message, a piece at
+/// a time (each read on the blocking pool).
+async fn write_streamed<T: AsyncWrite + Unpin>(io: &mut T, s: Streamed) -> io::Result<()> {
+    let len = u32::try_from(1 + s.len).map_err(|_| invalid("message too large"))?;
+    let mut head = len.to_be_bytes().to_vec();
+    head.push(2);
+    io.write_all(&head).await?;
+    let mut at = 0u64;
+    while at < s.len {
+        let n = (s.len - at).min(PIECE as u64) as usize;
+        let file = s.file.clone();
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut b = vec![0u8; n];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut b, at).map(|_| b)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        io.write_all(&piece).await?;
+        at += n as u64;
+    }
+    io.close().await
 }
 
 /// Writes one length-prefixed message: `head`, then `payload` uncopied.
@@ -395,10 +547,21 @@ pub async fn write_frame<T: AsyncWrite + Unpin>(
 }
 
 /// The request-response codec. Counts requests it rejects as malformed
-/// (libp2p drops such streams without an event).
-#[derive(Clone, Default)]
+/// (libp2p drops such streams without an event); large requests share a
+/// budget of [`INBOUND_BYTES`].
+#[derive(Clone)]
 pub struct Codec {
     pub rejected: Arc<AtomicU64>,
+    pub budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec {
+            rejected: Arc::default(),
+            budget: Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES)),
+        }
+    }
 }
 
 impl libp2p::request_response::Codec for Codec {
@@ -410,8 +573,9 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let r = match read_frame(io, MAX_MESSAGE).await {
-            Ok(body) => Request::decode(body),
+        let r = match read_frame(io, request_limit, Some(&self.budget)).await {
+            Ok(Frame::Body(body)) => Request::decode(body),
+            Ok(Frame::Shed) => Ok(Request::Shed),
             Err(e) => Err(e),
         };
         if let Err(e) = &r {
@@ -425,7 +589,10 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Response::decode(read_frame(io, MAX_MESSAGE).await?)
+        match read_frame(io, response_limit, None).await? {
+            Frame::Body(body) => Response::decode(body),
+            Frame::Shed => Err(invalid("a response was dropped unread")),
+        }
     }
 
     async fn write_request<T>(
@@ -449,7 +616,10 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, r.encode()).await
+        match r {
+            Response::Streamed(s) => write_streamed(io, s).await,
+            r => write_frame(io, r.encode()).await,
+        }
     }
 }
 
@@ -462,7 +632,7 @@ mod tests {
     }
 
     fn roundtrip_req(r: Request) {
-        assert_eq!(Request::decode(flat(r.encode())).unwrap(), r);
+        assert_eq!(Request::decode(flat(r.encode()).into()).unwrap(), r);
     }
 
     #[test]
@@ -505,7 +675,7 @@ mod tests {
             Response::Failed("disk".into()),
             Response::Busy,
         ] {
-            assert_eq!(Response::decode(flat(r.encode())).unwrap(), r);
+            assert_eq!(Response::decode(flat(r.encode()).into()).unwrap(), r);
         }
     }
 
@@ -522,7 +692,7 @@ mod tests {
             &[8; 10],
             &[99],
         ] {
-            assert!(Request::decode(bad.to_vec()).is_err(), "{bad:?}");
+            assert!(Request::decode(bad.to_vec().into()).is_err(), "{bad:?}");
         }
         for bad in [
             &[][..],
@@ -532,20 +702,64 @@ mod tests {
             &[6, 0xff, 0xfe],
             &[0],
         ] {
-            assert!(Response::decode(bad.to_vec()).is_err(), "{bad:?}");
+            assert!(Response::decode(bad.to_vec().into()).is_err(), "{bad:?}");
         }
+    }
+
+    fn frame(tag: u8, len: u32, body: usize) -> futures::io::Cursor<Vec<u8>> {
+        let mut wire = len.to_be_bytes().to_vec();
+        wire.push(tag);
+        wire.extend(std::iter::repeat_n(0u8, body));
+        futures::io::Cursor::new(wire)
     }
 
     #[test]
     fn oversized_frames_are_refused_before_allocation() {
-        let mut wire = Vec::new();
-        wire.extend_from_slice(&u32::MAX.to_be_bytes());
-        wire.extend_from_slice(&[0; 16]);
-        let mut cur = futures::io::Cursor::new(wire);
-        let err = futures::executor::block_on(read_frame(&mut cur, MAX_MESSAGE)).unwrap_err();
+        let read = |mut cur| {
+            futures::executor::block_on(read_frame(&mut cur, request_limit, None)).map(|_| ())
+        };
+        let err = read(frame(1, u32::MAX, 16)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The type is read first: only a PUT may be large.
+        for tag in [2, 3, 4, 5, 6, 7, 8, 9] {
+            let limit = request_limit(tag).unwrap() as u32;
+            assert!(limit < (300 << 10), "type {tag} may be {limit} bytes");
+            let err = read(frame(tag, limit + 1, 0)).unwrap_err();
+            assert!(err.to_string().contains("limit"), "{err}");
+        }
+        assert!(read(frame(0, 10, 9)).is_err());
+        assert!(read(frame(1, 0, 0)).is_err());
         // A frame cut short is an error too.
-        let mut cur = futures::io::Cursor::new(vec![0, 0, 0, 10, 1, 2]);
-        assert!(futures::executor::block_on(read_frame(&mut cur, MAX_MESSAGE)).is_err());
+        assert!(read(frame(2, 10, 2)).is_err());
+    }
+
+    #[tokio::test]
+    async fn large_requests_beyond_the_byte_budget_are_read_past_and_shed() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let len = 700 << 10;
+        let mut cur = frame(1, len, len as usize - 1);
+        let Frame::Body(kept) = read_frame(&mut cur, request_limit, Some(&budget))
+            .await
+            .unwrap()
+        else {
+            panic!("the first request fits the budget");
+        };
+        assert_eq!(budget.available_permits(), (1 << 20) - len as usize);
+        // The next one does not fit while the first is held: read past.
+        let mut wire = frame(1, len, len as usize - 1).into_inner();
+        wire.extend_from_slice(&frame(4, 1, 0).into_inner());
+        let mut cur = futures::io::Cursor::new(wire);
+        let shed = read_frame(&mut cur, request_limit, Some(&budget))
+            .await
+            .unwrap();
+        assert!(matches!(shed, Frame::Shed));
+        // The stream stays in step: the message after it reads fine.
+        let next = read_frame(&mut cur, request_limit, Some(&budget))
+            .await
+            .unwrap();
+        assert!(matches!(next, Frame::Body(b) if b[..] == [4]));
+        // Dropping the kept body gives its bytes back.
+        drop(kept);
+        assert_eq!(budget.available_permits(), 1 << 20);
     }
 }

@@ -44,6 +44,14 @@ pub(super) fn load_identity(dir: &Path) -> anyhow::Result<identity::Keypair> {
     }
 }
 
+/// Fragment protocol streams a connection may have open at once (each
+/// way); a peer's requests in flight are bounded further when served.
+const MAX_STREAMS: usize = 64;
+
+/// A connection nothing used for this long is closed. Storage peers are
+/// asked for their capacity every 15 s, so those connections stay.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Listen addresses used when none are given: a free port on all interfaces.
 pub fn default_listen() -> Vec<Multiaddr> {
     vec![
@@ -61,6 +69,7 @@ pub(super) fn build_swarm(
     key: identity::Keypair,
     mdns_on: bool,
     codec: proto::Codec,
+    limits: super::limits::Limits,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -83,7 +92,9 @@ pub(super) fn build_swarm(
             let store = kad::store::MemoryStore::with_config(
                 id,
                 kad::store::MemoryStoreConfig {
-                    max_records: 1 << 20,
+                    // Only checked root records enter (the fragment
+                    // store's limits apply first); this bounds the rest.
+                    max_records: crate::fragstore::MAX_ROOTS as usize + 64,
                     max_value_bytes: crate::root::MAX_ROOT,
                     ..Default::default()
                 },
@@ -98,6 +109,7 @@ pub(super) fn build_swarm(
                 None
             };
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                limits,
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.into(),
                     key.public(),
@@ -110,12 +122,12 @@ pub(super) fn build_swarm(
                     [(PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
-                        .with_max_concurrent_streams(512),
+                        .with_max_concurrent_streams(MAX_STREAMS),
                 ),
             })
         })
         .map_err(|e| anyhow::anyhow!("setting up the node: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok(swarm)
 }

@@ -21,6 +21,13 @@ mod rocks;
 mod tests;
 
 pub use families::{Cf, REPLICATED};
+
+/// An object as [`Store::open_object`] finds it.
+pub enum ObjectData {
+    Inline(Vec<u8>),
+    /// Its file, opened, and its length.
+    File(fs::File, u64),
+}
 use families::{NODE_CFS, VAULT_CFS};
 use kv::{Kv, MemKv, Op};
 use rocks::RocksKv;
@@ -492,6 +499,27 @@ impl Store {
         }
         Ok(self.get(Cf::Blobs, &id.0)?.is_some()
             || self.object_path(id).is_some_and(|p| p.exists()))
+    }
+
+    /// Opens a sealed object for reading: its bytes if inline, else its
+    /// open file and length (read in pieces by the caller). `None` if
+    /// absent.
+    pub fn open_object(&self, id: &ObjectId) -> Result<Option<ObjectData>, StoreError> {
+        if let Some(v) = self.get(Cf::Blobs, &id.0)? {
+            return Ok(Some(ObjectData::Inline(v)));
+        }
+        let Some(path) = self.object_path(id) else {
+            return Ok(None);
+        };
+        let opened = fs::File::open(&path).and_then(|f| {
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        });
+        match opened {
+            Ok((f, len)) => Ok(Some(ObjectData::File(f, len))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(StoreError::Io { path, err }),
+        }
     }
 
     /// Reads a sealed object, inline or from its file. `None` if absent.

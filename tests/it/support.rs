@@ -59,6 +59,8 @@ pub fn local_net_args() -> Vec<String> {
         "/ip4/127.0.0.1/tcp/0",
         "--donate",
         "256M",
+        "--conns-per-address",
+        "1000",
     ]
     .map(String::from)
     .to_vec()
@@ -353,6 +355,7 @@ impl Node {
             .unwrap();
         let mut cmd = Command::new(bin());
         cmd.args(["node", "--donate", donate, "--no-mdns"])
+            .args(["--conns-per-address", "1000"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "info");
