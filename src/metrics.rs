@@ -71,7 +71,7 @@ fn gauges(node: &NodeHandle) -> [Metric; 6] {
 }
 
 /// The fragment protocol's counters since the node started.
-fn counters(node: &NodeHandle) -> [Metric; 9] {
+fn counters(node: &NodeHandle) -> [Metric; 11] {
     let c = node.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     [
@@ -104,6 +104,18 @@ fn counters(node: &NodeHandle) -> [Metric; 9] {
             "counter",
             "Requests answered busy (too much inbound work queued).",
             load(&c.busy),
+        ),
+        (
+            "throttled_total",
+            "counter",
+            "Requests answered busy because their peer was over its share (in flight or rate).",
+            load(&c.throttled),
+        ),
+        (
+            "refused_connections_total",
+            "counter",
+            "Connections refused by the limits (in all, per peer, per address).",
+            load(&c.conns_refused),
         ),
         (
             "errors_total",

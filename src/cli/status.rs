@@ -53,6 +53,13 @@ pub(super) fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         n.fragments_held,
         n.root_records
     );
+    let d = &n.refused;
+    if d.busy_requests + d.malformed_requests + d.connections > 0 {
+        println!(
+            "turned away {} requests as busy ({} from peers over their share), {} malformed, {} connections over the limits",
+            d.busy_requests, d.throttled_requests, d.malformed_requests, d.connections
+        );
+    }
     if let Some(st) = &s.stats {
         print_contents(st);
     }

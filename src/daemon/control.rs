@@ -107,6 +107,16 @@ pub fn node_status(node: &NodeHandle) -> NodeStatus {
         bad_peers: peers.values().filter(|p| p.strikes > 0).count() as u64,
         known_peers: known.0,
         known_not_connected: known.1,
+        refused: {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = node.counters();
+            crate::daemon::protocol::Defence {
+                busy_requests: c.busy.load(Relaxed),
+                throttled_requests: c.throttled.load(Relaxed),
+                malformed_requests: c.malformed.load(Relaxed),
+                connections: c.conns_refused.load(Relaxed),
+            }
+        },
     }
 }
 

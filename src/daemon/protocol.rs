@@ -117,6 +117,22 @@ pub struct NodeStatus {
     /// Of those, the ones not connected now.
     #[serde(default)]
     pub known_not_connected: u64,
+    /// What the node turned away to protect itself (see `Defence`).
+    #[serde(default)]
+    pub refused: Defence,
+}
+
+/// Inbound work a node refused, by reason, since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Defence {
+    /// Requests answered busy: the node's queue or byte budget was full.
+    pub busy_requests: u64,
+    /// Of those, the ones whose peer was over its share (in flight, rate).
+    pub throttled_requests: u64,
+    /// Requests dropped as malformed or over their type's size limit.
+    pub malformed_requests: u64,
+    /// Connections refused: too many in all, from one peer or one address.
+    pub connections: u64,
 }
 
 /// The vault's network state: uploads and redundancy.

@@ -63,7 +63,9 @@ pub struct Refused(String);
 
 pub struct Limits {
     limits: ConnLimits,
-    pending: HashSet<ConnectionId>,
+    /// Inbound connections in their handshake, with their address (they
+    /// count against it already: a burst of dials must not all pass).
+    pending: HashMap<ConnectionId, Option<IpAddr>>,
     inbound: HashMap<ConnectionId, Option<IpAddr>>,
     per_peer: HashMap<PeerId, HashSet<ConnectionId>>,
     per_ip: HashMap<IpAddr, usize>,
@@ -75,7 +77,7 @@ impl Limits {
     pub fn new(limits: ConnLimits, refused: Arc<AtomicU64>) -> Self {
         Limits {
             limits,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             inbound: HashMap::new(),
             per_peer: HashMap::new(),
             per_ip: HashMap::new(),
@@ -87,6 +89,18 @@ impl Limits {
         self.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("refused a connection: {why}");
         ConnectionDenied::new(Refused(why))
+    }
+
+    /// Forgets an inbound connection's place against its address.
+    fn release_ip(&mut self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
     }
 
     fn check_peer(&self, peer: &PeerId) -> Result<(), ConnectionDenied> {
@@ -111,13 +125,15 @@ impl NetworkBehaviour for Limits {
         if self.pending.len() >= self.limits.pending {
             return Err(self.deny(format!("{} handshakes in progress", self.pending.len())));
         }
-        if let Some(ip) = ip_of(remote) {
+        let ip = ip_of(remote);
+        if let Some(ip) = ip {
             let n = self.per_ip.get(&ip).copied().unwrap_or(0);
             if n >= self.limits.per_ip {
                 return Err(self.deny(format!("{n} connections from {ip} already")));
             }
+            *self.per_ip.entry(ip).or_default() += 1;
         }
-        self.pending.insert(id);
+        self.pending.insert(id, ip);
         Ok(())
     }
 
@@ -128,9 +144,12 @@ impl NetworkBehaviour for Limits {
         _local: &Multiaddr,
         _remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.pending.remove(&id);
-        if self.inbound.len() >= self.limits.inbound {
-            return Err(self.deny(format!("{} inbound connections", self.inbound.len())));
+        // Counted against its address until it closes (or a denial, by
+        // this behaviour or another, reports a listen failure).
+        let ip = self.pending.remove(&id).flatten();
+        self.inbound.insert(id, ip);
+        if self.inbound.len() > self.limits.inbound {
+            return Err(self.deny(format!("{} inbound connections", self.inbound.len() - 1)));
         }
         self.check_peer(&peer)?;
         Ok(dummy::ConnectionHandler)
@@ -157,11 +176,15 @@ impl NetworkBehaviour for Limits {
                 ..
             }) => {
                 if let ConnectedPoint::Listener { send_back_addr, .. } = endpoint {
-                    let ip = ip_of(send_back_addr);
-                    if let Some(ip) = ip {
-                        *self.per_ip.entry(ip).or_default() += 1;
+                    // Normally placed when it was let in; this covers an
+                    // inbound connection this behaviour never saw.
+                    if !self.inbound.contains_key(&connection_id) {
+                        let ip = ip_of(send_back_addr);
+                        if let Some(ip) = ip {
+                            *self.per_ip.entry(ip).or_default() += 1;
+                        }
+                        self.inbound.insert(connection_id, ip);
                     }
-                    self.inbound.insert(connection_id, ip);
                 }
                 self.per_peer
                     .entry(peer_id)
@@ -173,13 +196,8 @@ impl NetworkBehaviour for Limits {
                 connection_id,
                 ..
             }) => {
-                if let Some(Some(ip)) = self.inbound.remove(&connection_id) {
-                    if let Some(n) = self.per_ip.get_mut(&ip) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.per_ip.remove(&ip);
-                        }
-                    }
+                if let Some(ip) = self.inbound.remove(&connection_id) {
+                    self.release_ip(ip);
                 }
                 if let Some(set) = self.per_peer.get_mut(&peer_id) {
                     set.remove(&connection_id);
@@ -189,7 +207,11 @@ impl NetworkBehaviour for Limits {
                 }
             }
             FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
-                self.pending.remove(&connection_id);
+                let ip = self.pending.remove(&connection_id);
+                let ip = ip.or_else(|| self.inbound.remove(&connection_id));
+                if let Some(ip) = ip {
+                    self.release_ip(ip);
+                }
             }
             _ => {}
         }
@@ -269,6 +291,45 @@ mod tests {
         assert!(l
             .handle_pending_inbound_connection(
                 ConnectionId::new_unchecked(10),
+                &local,
+                &addr("10.0.0.9")
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn a_burst_of_handshakes_from_one_address_is_cut_off_before_they_finish() {
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut l = Limits::new(
+            ConnLimits {
+                per_ip: 3,
+                ..Default::default()
+            },
+            refused.clone(),
+        );
+        let local = addr("10.0.0.1");
+        let let_in: Vec<bool> = (0..10)
+            .map(|i| {
+                l.handle_pending_inbound_connection(
+                    ConnectionId::new_unchecked(i),
+                    &local,
+                    &addr("10.0.0.9"),
+                )
+                .is_ok()
+            })
+            .collect();
+        assert_eq!(let_in.iter().filter(|x| **x).count(), 3);
+        // A handshake that fails gives its place back.
+        l.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
+            local_addr: &local,
+            send_back_addr: &addr("10.0.0.9"),
+            error: &libp2p::swarm::ListenError::Aborted,
+            connection_id: ConnectionId::new_unchecked(0),
+            peer_id: None,
+        }));
+        assert!(l
+            .handle_pending_inbound_connection(
+                ConnectionId::new_unchecked(20),
                 &local,
                 &addr("10.0.0.9")
             )

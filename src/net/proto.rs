@@ -409,10 +409,6 @@ fn response_limit(tag: u8) -> Option<usize> {
 /// Bodies up to this size are read without asking the byte budget.
 const SMALL: usize = 64 * 1024;
 
-/// How long a large request waits for room in the byte budget before it
-/// is read past and answered `Busy`.
-const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Bytes of large inbound requests a node holds at once (all peers).
 pub const INBOUND_BYTES: usize = 64 << 20;
 
@@ -438,8 +434,8 @@ impl AsRef<[u8]> for Held {
 /// Reads one length-prefixed message. The type (its first byte) is read
 /// before anything is allocated, and the length checked against that
 /// type's `limit`; a large body takes its size from `budget` (if any) for
-/// as long as it is kept, or is read past and dropped when the budget
-/// stays spent.
+/// as long as it is kept, or is read past and dropped at once when the
+/// budget is spent.
 pub async fn read_frame<T: AsyncRead + Unpin>(
     io: &mut T,
     limit: impl Fn(u8) -> Option<usize>,
@@ -462,9 +458,11 @@ pub async fn read_frame<T: AsyncRead + Unpin>(
     let permit = match budget {
         Some(b) if len > SMALL => {
             let n = u32::try_from(len).map_err(|_| invalid("message too large"))?;
-            match tokio::time::timeout(BUDGET_WAIT, b.clone().acquire_many_owned(n)).await {
-                Ok(Ok(p)) => Some(p),
-                _ => {
+            // No waiting: bytes left unread would pile up in the
+            // multiplexer's buffers instead.
+            match b.clone().try_acquire_many_owned(n) {
+                Ok(p) => Some(p),
+                Err(_) => {
                     let rest = (len - 1) as u64;
                     let skipped =
                         futures::io::copy(&mut (&mut *io).take(rest), &mut futures::io::sink())
@@ -505,12 +503,21 @@ impl PartialEq for Streamed {
 
 impl Eq for Streamed {}
 
-/// Pieces a streamed fragment is read and sent in.
-const PIECE: usize = 256 * 1024;
+/// Pieces a streamed fragment is read and sent in (one held per stream
+/// while the peer takes it).
+const PIECE: usize = 32 * 1024;
+
+/// Piece reads on the blocking pool at once, for all streams (so that
+/// thousands of slow readers never mean thousands of threads).
+const PIECE_READS: usize = 8;
 
 /// Writes a fragment from its file as one `Fragment` message, a piece at
-/// a time (each read on the blocking pool).
-async fn write_streamed<T: AsyncWrite + Unpin>(io: &mut T, s: Streamed) -> io::Result<()> {
+/// a time (each read on the blocking pool, a few at once).
+async fn write_streamed<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    s: Streamed,
+    reads: &Arc<tokio::sync::Semaphore>,
+) -> io::Result<()> {
     let len = u32::try_from(1 + s.len).map_err(|_| invalid("message too large"))?;
     let mut head = len.to_be_bytes().to_vec();
     head.push(2);
@@ -519,7 +526,13 @@ async fn write_streamed<T: AsyncWrite + Unpin>(io: &mut T, s: Streamed) -> io::R
     while at < s.len {
         let n = (s.len - at).min(PIECE as u64) as usize;
         let file = s.file.clone();
+        let turn = reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(io::Error::other)?;
         let piece = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut b = vec![0u8; n];
             std::os::unix::fs::FileExt::read_exact_at(&*file, &mut b, at).map(|_| b)
         })
@@ -553,6 +566,8 @@ pub async fn write_frame<T: AsyncWrite + Unpin>(
 pub struct Codec {
     pub rejected: Arc<AtomicU64>,
     pub budget: Arc<tokio::sync::Semaphore>,
+    /// Turns to read a piece of a streamed fragment.
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Codec {
@@ -560,6 +575,7 @@ impl Default for Codec {
         Codec {
             rejected: Arc::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES)),
+            reads: Arc::new(tokio::sync::Semaphore::new(PIECE_READS)),
         }
     }
 }
@@ -617,7 +633,7 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         match r {
-            Response::Streamed(s) => write_streamed(io, s).await,
+            Response::Streamed(s) => write_streamed(io, s, &self.reads).await,
             r => write_frame(io, r.encode()).await,
         }
     }

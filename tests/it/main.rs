@@ -7,6 +7,7 @@ mod cluster;
 mod data;
 mod engine;
 mod faultfs;
+mod flood;
 mod inproc;
 mod months;
 mod network;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support::{bin, run_with_timeout, Drive, Node, PASSWORD};
 
 fn helper_bin() -> PathBuf {
-    let p = Path::new(bin()).with_file_name("drizzle-mount-helper");
+    let p = Path::new(&bin()).with_file_name("drizzle-mount-helper");
     assert!(
         p.exists(),
         "{} is missing: build the binaries first (cargo build --workspace --bins, as scripts/test does)",
@@ -121,7 +121,7 @@ fn systemd_units_verify() {
         let text = std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap();
         std::fs::write(
             tmp.path().join(unit),
-            text.replace("/usr/local/bin/drizzle", bin()),
+            text.replace("/usr/local/bin/drizzle", &bin()),
         )
         .unwrap();
     }

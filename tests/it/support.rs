@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "tangerine submarine orchestra 4417 quietly";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_drizzle")
+/// The `drizzle` binary under test: this build's, or `DRIZZLE_TEST_BIN`
+/// (to run a test against another build, e.g. the previous main's).
+pub fn bin() -> String {
+    std::env::var("DRIZZLE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_drizzle").into())
 }
 
 /// Runs a command with a deadline; kills it if it hangs.
