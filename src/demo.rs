@@ -70,6 +70,7 @@ pub fn run(dir: Option<PathBuf>, seconds: Option<u64>) -> anyhow::Result<()> {
     let net = NetSetup {
         node: node_cfg,
         remote: crate::remote::RemoteConfig::new(K, N),
+        allow_other: false,
     };
 
     let v2 = vault.clone();
@@ -126,6 +127,8 @@ fn start_nodes(data: &Path) -> anyhow::Result<(tokio::runtime::Runtime, Vec<Node
         let mut nodes: Vec<NodeHandle> = Vec::new();
         for i in 0..NODES {
             let mut cfg = NodeConfig::new(data.join(format!("node-{i}")), 1 << 30);
+            // Many nodes on one host: every connection comes from one address.
+            cfg.conn_limits.per_ip = 1000;
             cfg.listen = vec![loopback()];
             if let Some(first) = nodes.first() {
                 cfg.peers = first.listen_addrs();

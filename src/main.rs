@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    drizzle::daemon::harden::harden_process();
     let cli = drizzle::cli::Cli::parse();
     let settings = match drizzle::settings::Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

@@ -53,6 +53,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
                 inv.flags.push(v.to_string());
             }
             None if opt == "no_mdns" => inv.flags.push("--no-mdns".into()),
+            None if opt == "allow_other" => inv.flags.push("--allow-other".into()),
             _ => {}
         }
     }

@@ -108,6 +108,12 @@ pub struct MountNetArgs {
     /// (default: 10% of free disk, at most 50G; 0 stores nothing).
     #[arg(long, value_name = "SIZE")]
     pub donate: Option<String>,
+    /// Let other local users use the mount (like FUSE's allow_other; the
+    /// files' owners and modes still decide what each may do). By default
+    /// only the user who mounts it can.
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_other: bool,
     /// Local disk kept for data already safe on peers (default: keep all;
     /// 0 keeps nothing once synced, so reads come from the network).
     #[arg(long, value_name = "SIZE")]

@@ -172,6 +172,7 @@ fn setup_from_args(opts: &MountNetArgs, data_dir: &Path) -> anyhow::Result<Mount
         publish_every: opts.publish_every_secs,
         read_wait: opts.read_wait_secs,
         release_sync: opts.release_sync_secs,
+        allow_other: opts.allow_other,
     })
 }
 
@@ -241,6 +242,8 @@ pub struct MountSetup {
     pub read_wait: Option<u64>,
     /// Seconds released object files wait for a database sync.
     pub release_sync: Option<u64>,
+    /// Other local users may use the mount.
+    pub allow_other: bool,
 }
 
 fn mount_foreground(
@@ -296,6 +299,7 @@ fn mount_foreground(
     let net = daemon::NetSetup {
         node: setup.node,
         remote,
+        allow_other: setup.allow_other,
     };
     daemon::run_mount(vault, data_dir, mountpoint, net, ready)
 }

@@ -26,6 +26,9 @@ pub(super) fn read_password(common: &Common, confirm: bool) -> anyhow::Result<Ze
         return Ok(Zeroizing::new(pw.to_string()));
     }
     if let Ok(pw) = std::env::var("DRIZZLE_PASSWORD") {
+        // Read once, then gone: no child process inherits it. (Read at
+        // start, before any thread runs.)
+        std::env::remove_var("DRIZZLE_PASSWORD");
         if !pw.is_empty() {
             return Ok(Zeroizing::new(pw));
         }

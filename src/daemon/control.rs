@@ -29,7 +29,21 @@ pub(super) fn bind_control(data_dir: &Path) -> anyhow::Result<tokio::net::UnixLi
         );
     }
     let _ = std::fs::remove_file(&sock);
+    if let Err(e) = super::harden::tighten_data_dir(data_dir) {
+        tracing::warn!("cannot make {} owner-only: {e}", data_dir.display());
+    }
     tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))
+}
+
+/// Tells a client of another user why it gets nothing.
+async fn refuse(mut stream: tokio::net::UnixStream, uid: u32) {
+    let resp = Response::failed(format!(
+        "user {uid} may not control this daemon (only its owner or root may)"
+    ));
+    if let Ok(mut line) = serde_json::to_vec(&resp) {
+        line.push(b'\n');
+        let _ = stream.write_all(&line).await;
+    }
 }
 
 pub(super) async fn control_loop(listener: tokio::net::UnixListener, ctx: Ctx) {
@@ -37,6 +51,20 @@ pub(super) async fn control_loop(listener: tokio::net::UnixListener, ctx: Ctx) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Owner-only socket in an owner-only dir; and the peer is checked
+        // too, in case someone loosened either.
+        match stream.peer_cred() {
+            Ok(c) if super::harden::client_allowed(c.uid()) => {}
+            Ok(c) => {
+                tracing::warn!("refused a control client of user {}", c.uid());
+                refuse(stream, c.uid()).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("refused a control client: {e}");
+                continue;
+            }
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = handle_client(stream, ctx).await {

@@ -22,6 +22,7 @@ use crate::remote::Remote;
 use crate::vault::Vault;
 
 mod control;
+pub mod harden;
 mod mountpoint;
 mod protocol;
 
@@ -83,6 +84,9 @@ fn log_backlog(vault: &Vault) {
 pub struct NetSetup {
     pub node: NodeConfig,
     pub remote: crate::remote::RemoteConfig,
+    /// Other local users may use the mount (FUSE's `allow_other`, with the
+    /// kernel checking modes); by default only the user who mounted it.
+    pub allow_other: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -217,7 +221,7 @@ async fn serve(
         node,
         session,
         mut unmounter,
-    } = match start_mount(&vault, data_dir, mountpoint, net.node).await {
+    } = match start_mount(&vault, data_dir, mountpoint, net.node, net.allow_other).await {
         Ok(v) => v,
         Err(e) => {
             ready(Err(format!("{e:#}")));
@@ -295,6 +299,7 @@ async fn start_mount(
     data_dir: &Path,
     mountpoint: &Path,
     node_cfg: NodeConfig,
+    allow_other: bool,
 ) -> anyhow::Result<Live> {
     let mountpoint = prepare_mountpoint(mountpoint)?;
     let listener = bind_control(data_dir)?;
@@ -316,7 +321,11 @@ async fn start_mount(
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];
-    config.acl = fuser::SessionACL::All;
+    config.acl = if allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     config.n_threads = Some(2);
     config.clone_fd = true;
     let mut session = match fuser::Session::new(fs, &mountpoint, &config) {

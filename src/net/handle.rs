@@ -19,7 +19,7 @@ use super::driver::{collect_expired, keep_book};
 use super::serve::{INBOUND_QUEUE, INBOUND_WORKERS};
 use super::swarm::{build_swarm, default_listen, load_identity, restore};
 use super::{
-    addrbook, proto, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, PeerInfo,
+    addrbook, codec, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, PeerInfo,
     Shared, COMMAND_QUEUE, DIAL_AT_START,
 };
 
@@ -36,7 +36,7 @@ impl NodeHandle {
         let peer_id = key.public().to_peer_id();
         let mdns_on = cfg.mdns;
         let counters = NodeCounters::default();
-        let codec = proto::Codec {
+        let codec = codec::Codec {
             rejected: counters.malformed.clone(),
             ..Default::default()
         };

@@ -15,6 +15,7 @@
 //! and `serve` the answers to inbound requests.
 
 pub mod addrbook;
+mod codec;
 mod driver;
 mod handle;
 mod limits;
@@ -269,7 +270,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    frag: request_response::Behaviour<proto::Codec>,
+    frag: request_response::Behaviour<codec::Codec>,
 }
 
 /// Splits `/…/p2p/ID` into the address and the id.

@@ -14,7 +14,7 @@ use libp2p::{identify, identity, kad, mdns, ping, Swarm};
 use super::proto::PROTOCOL;
 use crate::fragstore::FragmentStore;
 
-use super::{addrbook, proto, Behaviour, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+use super::{addrbook, codec, Behaviour, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 
 pub(super) fn load_identity(dir: &Path) -> anyhow::Result<identity::Keypair> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -68,7 +68,7 @@ pub fn default_listen() -> Vec<Multiaddr> {
 pub(super) fn build_swarm(
     key: identity::Keypair,
     mdns_on: bool,
-    codec: proto::Codec,
+    codec: codec::Codec,
     limits: super::limits::Limits,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)

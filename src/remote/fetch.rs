@@ -52,6 +52,11 @@ impl Fetcher for NetFetcher {
     }
 }
 
+/// First pause before busy holders are asked again (doubling to 2 s).
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
+/// How long a read keeps asking holders that answer busy.
+const BUSY_PATIENCE: Duration = Duration::from_secs(30);
+
 type FetchOne = futures::future::BoxFuture<
     'static,
     (
@@ -109,7 +114,9 @@ pub async fn fetch_object(
         decoder: Decoder::new(layout),
         problems: Vec::new(),
         unreachable: Vec::new(),
+        busy: Vec::new(),
     };
+    let mut pause = BUSY_PAUSE;
     let mut hedge =
         tokio::time::interval_at(tokio::time::Instant::now() + HEDGE_AFTER, HEDGE_AFTER);
     loop {
@@ -125,6 +132,16 @@ pub async fn fetch_object(
                 node.find_peer(*p);
             }
             queue.extend(got.unreachable.drain(..));
+        }
+        if inflight.is_empty()
+            && queue.is_empty()
+            && !got.busy.is_empty()
+            && start.elapsed() < wait.max(BUSY_PATIENCE)
+        {
+            // Busy holders are well: ask them again, backing off.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            queue.extend(got.busy.drain(..));
         }
         if inflight.is_empty() && !launch(node, &mut inflight, &mut queue) {
             return Err(got.too_few(id, k));
@@ -190,6 +207,8 @@ struct Gathered {
     problems: Vec<String>,
     /// Holders not reached, to try again while the read may wait.
     unreachable: Vec<(FragmentId, PeerId)>,
+    /// Holders that answered busy, to ask again after a pause.
+    busy: Vec<(FragmentId, PeerId)>,
 }
 
 impl Gathered {
@@ -222,9 +241,7 @@ impl Gathered {
             Ok(Ok(Response::NotFound)) => {
                 problems.push(format!("peer {peer} no longer has fragment {fid}"));
             }
-            Ok(Ok(Response::Busy)) => {
-                problems.push(format!("peer {peer} was too busy to answer"));
-            }
+            Ok(Ok(Response::Busy)) => self.busy.push((fid, peer)),
             Ok(Ok(other)) => {
                 node.strike(&peer, &format!("unexpected answer to GET: {other:?}"));
                 problems.push(format!("peer {peer} answered {other:?}"));
@@ -248,6 +265,10 @@ impl Gathered {
     fn too_few(&mut self, id: &ObjectId, k: usize) -> String {
         for (_, p) in self.unreachable.drain(..) {
             self.problems.push(format!("peer {p} could not be reached"));
+        }
+        for (_, p) in self.busy.drain(..) {
+            self.problems
+                .push(format!("peer {p} was too busy to answer"));
         }
         format!(
             "object {id}: only {} of the {k} fragments needed could be fetched ({})",

@@ -174,6 +174,8 @@ fn full_nodes_refuse_and_uploads_go_elsewhere() {
         let mut v = Vec::new();
         for i in 1..5 {
             let mut cfg = NodeConfig::new(tmp.path().join(format!("n{i}")), 1 << 30);
+            // Many nodes on one host: every connection comes from one address.
+            cfg.conn_limits.per_ip = 1000;
             cfg.listen = vec![loopback()];
             cfg.peers = nodes[0].listen_addrs();
             v.push(NodeHandle::start(cfg).await.unwrap());

@@ -43,6 +43,8 @@ pub(crate) async fn start_nodes_with(
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         let mut cfg = NodeConfig::new(dir.join(format!("node-{i}")), donate);
+        // Many nodes on one host: every connection comes from one address.
+        cfg.conn_limits.per_ip = 1000;
         cfg.listen = vec![loopback()];
         cfg.fault = *fault;
         adjust(&mut cfg);

@@ -141,6 +141,8 @@ impl World {
     /// Starts storage node `i` again, at the same address.
     fn restart_node(&mut self, i: usize) {
         let mut cfg = NodeConfig::new(self.dir.path().join(format!("node-{i}")), 1 << 30);
+        // Many nodes on one host: every connection comes from one address.
+        cfg.conn_limits.per_ip = 1000;
         cfg.listen = vec![self.addrs[i].clone()];
         cfg.peers = self.first_addrs();
         cfg.clock = self.clock.clone();
