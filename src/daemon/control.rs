@@ -32,7 +32,14 @@ pub(super) fn bind_control(data_dir: &Path) -> anyhow::Result<tokio::net::UnixLi
     if let Err(e) = super::harden::tighten_data_dir(data_dir) {
         tracing::warn!("cannot make {} owner-only: {e}", data_dir.display());
     }
-    tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))
+    let l = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} owner-only", sock.display()))?;
+    }
+    Ok(l)
 }
 
 /// Tells a client of another user why it gets nothing.

@@ -9,6 +9,7 @@ mod engine;
 mod faultfs;
 mod flood;
 mod inproc;
+mod local;
 mod months;
 mod network;
 mod posix;
