@@ -133,7 +133,12 @@ impl RootRecord {
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.pubkey)
             .map_err(|_| RootError::Malformed("public key"))?;
         let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
-        vk.verify(&self.signed_message(), &sig)
+        // Strict: no small-order keys, no non-canonical signatures (a
+        // record has exactly one valid signature under one key).
+        if vk.is_weak() {
+            return Err(RootError::Malformed("weak public key"));
+        }
+        vk.verify_strict(&self.signed_message(), &sig)
             .map_err(|_| RootError::BadSignature)
     }
 
@@ -181,5 +186,23 @@ mod tests {
         assert!(RootRecord::parse(&bytes[..bytes.len() - 1]).is_err());
         assert!(RootRecord::parse(&vec![0; MAX_ROOT + 1]).is_err());
         assert!(RootRecord::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn a_record_under_a_weak_key_is_refused() {
+        // The identity point as key and (R = identity, s = 0) as signature
+        // pass a lax check for any message: anyone could write records.
+        let mut pubkey = [0u8; 32];
+        pubkey[0] = 1;
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let forged = RootRecord {
+            pubkey,
+            seq: 1,
+            kdf: KdfParams::default_strong(),
+            payload: b"anything".to_vec(),
+            sig,
+        };
+        assert!(RootRecord::check(&forged.encode(), &forged.key()).is_err());
     }
 }

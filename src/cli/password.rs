@@ -63,7 +63,10 @@ pub(super) fn unlock(data_dir: &Path, password: &str) -> anyhow::Result<(VaultCo
     Ok((cfg, keys))
 }
 
-/// Refuses very weak passwords (zxcvbn score 0-1) unless allowed; warns on 2.
+/// Refuses passwords below zxcvbn score 3 unless allowed, offering a
+/// generated passphrase. The vault name is the key derivation's salt and
+/// root records are spread to every peer, so a weak password can be
+/// guessed offline by anyone who knows or guesses the name.
 pub(super) fn check_strength(password: &str, name: &str, allow_weak: bool) -> anyhow::Result<()> {
     let est = zxcvbn::zxcvbn(password, &[name, "drizzle"]);
     let score = est.score() as u8;
@@ -71,17 +74,36 @@ pub(super) fn check_strength(password: &str, name: &str, allow_weak: bool) -> an
         .feedback()
         .and_then(|f| f.warning().map(|w| w.to_string()))
         .unwrap_or_default();
-    if score <= 1 && !allow_weak {
+    if score < 3 && !allow_weak {
         bail!(
-            "the password is too weak (strength {score}/4{}): anyone holding the vault name can guess it offline. \
-             Use a longer passphrase, or pass --allow-weak-password",
-            if hint.is_empty() { String::new() } else { format!("; {hint}") }
+            "the password is too weak (strength {score}/4, 3 needed{}): anyone who knows the vault's name \
+             can test guesses offline against its published root record. Use a longer passphrase, for \
+             example this one made just now: {}\n(or pass --allow-weak-password)",
+            if hint.is_empty() { String::new() } else { format!("; {hint}") },
+            suggest_passphrase()
         );
     }
-    if score <= 2 {
-        eprintln!("warning: the password is only moderately strong ({score}/4); a longer passphrase is safer");
-    }
     Ok(())
+}
+
+/// A pronounceable passphrase of six three-syllable words (about 120 bits:
+/// 20 consonants x 5 vowels per syllable, 18 syllables).
+pub fn suggest_passphrase() -> String {
+    use rand::Rng;
+    const C: &[u8] = b"bcdfghjklmnprstvwxyz";
+    const V: &[u8] = b"aeiou";
+    let mut rng = rand::rng();
+    let word = |rng: &mut rand::rngs::ThreadRng| -> String {
+        (0..3)
+            .flat_map(|_| {
+                [
+                    C[rng.random_range(0..C.len())] as char,
+                    V[rng.random_range(0..V.len())] as char,
+                ]
+            })
+            .collect()
+    };
+    (0..6).map(|_| word(&mut rng)).collect::<Vec<_>>().join("-")
 }
 
 #[cfg(test)]
@@ -93,5 +115,19 @@ mod tests {
         assert!(check_strength("password", "v", false).is_err());
         assert!(check_strength("password", "v", true).is_ok());
         assert!(check_strength("correct horse battery staple 9431!", "v", false).is_ok());
+        // Moderate is not enough: the error offers a passphrase that passes.
+        let err = check_strength("Summer2024!", "v", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("made just now"), "{err}");
+        let offered = err
+            .split("made just now: ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap();
+        assert_eq!(offered.len(), 6 * 6 + 5, "{offered}");
+        assert!(check_strength(offered, "v", false).is_ok(), "{offered}");
     }
 }
