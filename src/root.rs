@@ -13,7 +13,7 @@
 //! Invariant: pure (no IO); shared by nodes (which validate) and vaults
 //! (which sign, and validate against their own derived key).
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 
 use crate::crypto::KdfParams;
 

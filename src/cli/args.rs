@@ -108,6 +108,12 @@ pub struct MountNetArgs {
     /// (default: 10% of free disk, at most 50G; 0 stores nothing).
     #[arg(long, value_name = "SIZE")]
     pub donate: Option<String>,
+    /// How peers are grouped into failure domains, each of which holds at
+    /// most n - k fragments of an object while others have room: subnet
+    /// (IPv4 /24, IPv6 /48; the default), address, or peer (no grouping).
+    #[arg(long, value_name = "RULE", hide_short_help = true)]
+    #[serde(default)]
+    pub failure_domain: Option<String>,
     /// Let other local users use the mount (like FUSE's allow_other; the
     /// files' owners and modes still decide what each may do). By default
     /// only the user who mounts it can.

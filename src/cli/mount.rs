@@ -173,6 +173,12 @@ fn setup_from_args(opts: &MountNetArgs, data_dir: &Path) -> anyhow::Result<Mount
         read_wait: opts.read_wait_secs,
         release_sync: opts.release_sync_secs,
         allow_other: opts.allow_other,
+        domains: match &opts.failure_domain {
+            Some(s) => s
+                .parse()
+                .map_err(|e: String| anyhow!("bad --failure-domain: {e}"))?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -244,6 +250,8 @@ pub struct MountSetup {
     pub release_sync: Option<u64>,
     /// Other local users may use the mount.
     pub allow_other: bool,
+    /// Failure domains for placement.
+    pub domains: crate::placement::DomainRule,
 }
 
 fn mount_foreground(
@@ -296,6 +304,7 @@ fn mount_foreground(
     if let Some(s) = setup.read_wait {
         remote.read_wait = Duration::from_secs(s);
     }
+    remote.domains = setup.domains;
     let net = daemon::NetSetup {
         node: setup.node,
         remote,

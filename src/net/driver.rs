@@ -326,10 +326,16 @@ impl Driver {
                     let p = peers.entry(peer_id).or_insert_with(PeerInfo::new);
                     p.connections += 1;
                     p.last_seen = Instant::now();
+                    // Where we dialed it says where it is; where it came
+                    // from, only until then.
+                    let seen = super::limits::ip_of(endpoint.get_remote_address());
+                    if endpoint.is_dialer() || p.addr.is_none() {
+                        p.addr = seen.or(p.addr);
+                    }
                     p.connections == 1
                 };
                 if first {
-                    tracing::debug!(%peer_id, "connected");
+                    tracing::debug!(%peer_id, remote = %endpoint.get_remote_address(), dialer = endpoint.is_dialer(), "connected");
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } => {

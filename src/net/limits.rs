@@ -48,7 +48,7 @@ impl Default for ConnLimits {
 }
 
 /// The IP address of a multiaddr, if it has one.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+pub(super) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(a) => Some(IpAddr::V4(a)),
         Protocol::Ip6(a) => Some(IpAddr::V6(a)),

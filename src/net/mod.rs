@@ -133,6 +133,8 @@ pub struct PeerInfo {
     pub last_seen: Instant,
     /// Times it returned bad data or failed a request.
     pub strikes: u32,
+    /// Its IP address (as dialed, else as seen), for failure domains.
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl PeerInfo {
@@ -144,6 +146,7 @@ impl PeerInfo {
             capacity: None,
             last_seen: Instant::now(),
             strikes: 0,
+            addr: None,
         }
     }
     pub fn connected(&self) -> bool {

@@ -149,6 +149,8 @@ pub struct RemoteConfig {
     /// How long a read of data that is only on peers waits for its holders
     /// to be found (after a restart) before it fails.
     pub read_wait: Duration,
+    /// How peers are grouped into failure domains for placement.
+    pub domains: crate::placement::DomainRule,
 }
 
 impl RemoteConfig {
@@ -165,6 +167,7 @@ impl RemoteConfig {
             kdf: crate::crypto::KdfParams::default_strong(),
             publish_every: Duration::from_secs(30),
             read_wait: DEFAULT_READ_WAIT,
+            domains: crate::placement::DomainRule::default(),
         }
     }
 }

@@ -178,19 +178,58 @@ impl Remote {
         if extras.is_empty() {
             return extras;
         }
-        let holders: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
-        let free = self
-            .node
-            .storage_peers()
-            .into_iter()
-            .filter(|(id, info)| {
-                !holders.contains(&peer_bytes(id)) && info.capacity.is_none_or(|c| c.available > 0)
-            })
-            .count();
+        let free = self.room_to_spread(p);
         let room = free.saturating_sub(plan.rebuild as usize);
         extras.reverse();
         extras.truncate(room);
         extras
+    }
+
+    /// Connected storage peers an object could spread onto: not holding
+    /// any of it, with room, and in a failure domain below its cap (a
+    /// move must not crowd a domain instead). 0: it is as spread as the
+    /// network allows.
+    pub(super) fn room_to_spread(&self, p: &Placement) -> usize {
+        let holders: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
+        let cap = (self.n.saturating_sub(p.k)).max(1) as usize;
+        let mut per_domain: HashMap<placement::Domain, usize> = HashMap::new();
+        // Moving within a crowded holder's domain changes no domain's count.
+        let mut seen = HashSet::new();
+        let mut exempt = HashSet::new();
+        for f in &p.fragments {
+            if let Some(d) = self.domain_of(&f.peer) {
+                *per_domain.entry(d).or_default() += 1;
+                if !seen.insert(&f.peer) {
+                    exempt.insert(d);
+                }
+            }
+        }
+        self.node
+            .storage_peers()
+            .into_iter()
+            .filter(|(id, info)| {
+                if holders.contains(&peer_bytes(id))
+                    || info.capacity.is_some_and(|c| c.available == 0)
+                {
+                    return false;
+                }
+                match self.cfg.domains.domain(info.addr) {
+                    Some(d) if !exempt.contains(&d) => {
+                        let n = per_domain.entry(d).or_default();
+                        *n += 1;
+                        *n <= cap
+                    }
+                    _ => true,
+                }
+            })
+            .count()
+    }
+
+    /// The failure domain of a peer (by its id's bytes), if known.
+    fn domain_of(&self, peer: &[u8]) -> Option<placement::Domain> {
+        let id = PeerId::from_bytes(peer).ok()?;
+        let addr = self.node.peers().get(&id)?.addr;
+        self.cfg.domains.domain(addr)
     }
 
     /// Carries out `plan` for one object (drops, releases, fresh
@@ -218,7 +257,7 @@ impl Remote {
         let m = plan.rebuild + extra.len() as u32;
         let first = old.next_index;
         let (fresh, moved) = if m > 0 {
-            self.place_fresh(id, old, m, !extra.is_empty()).await?
+            self.place_fresh(id, old, m, extra).await?
         } else {
             (Vec::new(), 0)
         };
@@ -245,15 +284,16 @@ impl Remote {
     /// Rebuilds `m` fresh fragments of `id` (from the local copy, else from
     /// peers) at the placement's next indexes and PUTs them on distinct
     /// peers outside its holders; returns them and the bytes moved. With
-    /// `moving` (crowded fragments to move), refuses unless there are `m`
-    /// such peers.
+    /// fragments `moving` (crowded, to move), refuses unless there are `m`
+    /// such peers, within the failure domains' caps.
     async fn place_fresh(
         &self,
         id: &ObjectId,
         old: &Placement,
         m: u32,
-        moving: bool,
+        moving_off: &[FragmentLoc],
     ) -> Result<(Vec<FragmentLoc>, u64), String> {
+        let moving = !moving_off.is_empty();
         let first = old.next_index;
         // Every holder named (spares included: they may return) is
         // excluded, so fragments land on distinct new peers.
@@ -289,12 +329,27 @@ impl Remote {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
-        let targets = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
-            format!(
-                "no peer outside this object's holders has room ({} candidates)",
-                cands.len()
-            )
-        })?;
+        // The holders that stay count against their domains' caps.
+        let mut spread = placement::Spread::new((self.n - old.k) as usize);
+        spread.strict = moving;
+        spread.exempt = moving_off
+            .iter()
+            .filter_map(|f| self.domain_of(&f.peer))
+            .collect();
+        let peers = self.node.peers();
+        for p in &holders {
+            if let Some(d) = peers.get(p).and_then(|i| self.cfg.domains.domain(i.addr)) {
+                *spread.taken.entry(d).or_default() += 1;
+            }
+        }
+        drop(peers);
+        let targets =
+            placement::choose(&cands, frags.len(), frag_len, &spread).ok_or_else(|| {
+                format!(
+                    "no peer outside this object's holders has room ({} candidates)",
+                    cands.len()
+                )
+            })?;
         let puts = frags
             .into_iter()
             .zip(targets)

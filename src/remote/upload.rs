@@ -96,6 +96,7 @@ impl Remote {
             .filter(|(id, _)| !exclude.contains(id))
             .map(|(peer, info)| Candidate {
                 availability: self.node.uptime(&peer).map(|u| u.availability()),
+                domain: self.cfg.domains.domain(info.addr),
                 peer,
                 available: info.capacity.map(|c| c.available),
                 rtt: info.rtt,
@@ -131,7 +132,8 @@ impl Remote {
         };
         let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
         let cands = self.candidates(&[]);
-        let peers = placement::choose(&cands, frags.len(), frag_len).ok_or_else(|| {
+        let spread = placement::Spread::new((self.n - self.k) as usize);
+        let peers = placement::choose(&cands, frags.len(), frag_len, &spread).ok_or_else(|| {
             if cands.is_empty() {
                 "no storage peers are connected".to_string()
             } else {
@@ -235,7 +237,8 @@ impl Remote {
                 }
             }
             let others = self.candidates(&tried);
-            match placement::choose(&others, 1, data.len() as u64) {
+            let any = placement::Spread::new(usize::MAX);
+            match placement::choose(&others, 1, data.len() as u64, &any) {
                 Some(p) => peer = p[0],
                 None => match self.candidates(&[]).first() {
                     // Every peer was tried once: allow one that already holds

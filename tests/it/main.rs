@@ -18,4 +18,5 @@ mod recovery;
 mod service;
 mod simulate;
 mod support;
+mod sybil;
 mod tidy;

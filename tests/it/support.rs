@@ -350,6 +350,12 @@ impl Node {
 
     /// Like [`start`](Self::start), with extra `drizzle node` arguments.
     pub fn start_with(donate: &str, peers: &[&str], extra: &[&str]) -> Node {
+        Self::start_at("127.0.0.1", donate, peers, extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), listening on `ip` (any of
+    /// 127.0.0.0/8: several "hosts" on one machine).
+    pub fn start_at(ip: &str, donate: &str, peers: &[&str], extra: &[&str]) -> Node {
         use std::io::BufRead;
         let dir = tempfile::Builder::new()
             .prefix("drizzle-node-")
@@ -358,7 +364,7 @@ impl Node {
         let mut cmd = Command::new(bin());
         cmd.args(["node", "--donate", donate, "--no-mdns"])
             .args(["--conns-per-address", "1000"])
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .args(["--listen", &format!("/ip4/{ip}/tcp/0"), "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "info");
         for p in peers {

@@ -156,13 +156,16 @@ impl Sim {
                     rtt: None,
                     strikes: 0,
                     availability: Some(n.uptime.availability()),
+                    // The model's nodes fail independently.
+                    domain: None,
                 });
             }
         }
         if cands.len() < count {
             return None;
         }
-        placement::choose_with(&cands, count, self.frag_len, &mut self.rng)
+        let any = placement::Spread::new(usize::MAX);
+        placement::choose_with(&cands, count, self.frag_len, &any, &mut self.rng)
     }
 
     /// Applies a node's effective state (natural, outages, departure).
