@@ -144,38 +144,52 @@ pub fn choose_with<P: Clone>(
         .map(|c| c.available.unwrap_or(u64::MAX))
         .collect();
     let mut per_domain = spread.taken.clone();
+    let mut given = vec![0usize; order.len()];
     let mut out = Vec::with_capacity(count);
-    // Passes over the peers, one more fragment each per pass; the cap
-    // holds while any pass can place within it.
+    // Rounds over the peers: in round r each peer holding r fragments may
+    // take one more. While capped, no domain goes past the cap; once a
+    // round can place nothing within it (no room outside the capped
+    // domains), the rounds start over without it.
     let mut capped = true;
+    let mut round = 0;
     while out.len() < count {
         let mut placed = false;
         for (slot, c) in order.iter().enumerate() {
             if out.len() == count {
                 break;
             }
+            if given[slot] != round || left[slot] < fragment_len {
+                continue;
+            }
             let used = c
                 .domain
                 .filter(|d| !spread.exempt.contains(d))
                 .and_then(|d| per_domain.get(&d).copied())
                 .unwrap_or(0);
-            if left[slot] < fragment_len || (capped && used >= spread.cap) {
+            if capped && used >= spread.cap {
                 continue;
             }
             left[slot] -= fragment_len;
+            given[slot] += 1;
             if let Some(d) = c.domain {
                 *per_domain.entry(d).or_default() += 1;
             }
             out.push(c.peer.clone());
             placed = true;
         }
-        if !placed {
-            if !capped || spread.strict {
-                return None;
-            }
-            // Every domain with room is at its cap: only now may one
-            // take more.
+        if placed || out.len() == count {
+            round += 1;
+            continue;
+        }
+        let more_later = given.iter().any(|g| *g > round);
+        if more_later {
+            // Peers ahead of this round: their turn comes.
+            round += 1;
+        } else if capped && !spread.strict {
             capped = false;
+            round = 0;
+        } else {
+            return None;
         }
     }
     Some(out)
@@ -317,6 +331,25 @@ mod tests {
         let mut strict = Spread::new(6);
         strict.strict = true;
         assert!(choose(&only, 16, 1000, &strict).is_none());
+    }
+
+    #[test]
+    fn one_domain_for_all_still_gives_distinct_peers_first() {
+        // A loopback cluster: every peer in one domain; the cap cannot
+        // hold, and must not crowd the first peers either.
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let cands: Vec<_> = (0..12)
+            .map(|i| Candidate {
+                domain: Some(ip),
+                ..cand(i, Some(1 << 30), 1, 0)
+            })
+            .collect();
+        for _ in 0..50 {
+            let mut p = choose(&cands, 4, 1000, &Spread::new(2)).unwrap();
+            p.sort();
+            p.dedup();
+            assert_eq!(p.len(), 4, "{p:?}");
+        }
     }
 
     #[test]

@@ -42,14 +42,21 @@ pub(super) fn bind_control(data_dir: &Path) -> anyhow::Result<tokio::net::UnixLi
     Ok(l)
 }
 
-/// Tells a client of another user why it gets nothing.
-async fn refuse(mut stream: tokio::net::UnixStream, uid: u32) {
+/// Tells a client of another user why it gets nothing (after taking its
+/// request line, so that closing does not reset the connection before the
+/// answer is read).
+async fn refuse(stream: tokio::net::UnixStream, uid: u32) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::new(rd.take(64 * 1024));
+    let mut line = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), rd.read_line(&mut line)).await;
     let resp = Response::failed(format!(
         "user {uid} may not control this daemon (only its owner or root may)"
     ));
-    if let Ok(mut line) = serde_json::to_vec(&resp) {
-        line.push(b'\n');
-        let _ = stream.write_all(&line).await;
+    if let Ok(mut out) = serde_json::to_vec(&resp) {
+        out.push(b'\n');
+        let _ = wr.write_all(&out).await;
+        let _ = wr.shutdown().await;
     }
 }
 

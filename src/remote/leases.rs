@@ -166,7 +166,18 @@ impl Remote {
                 secs: self.lease_secs,
                 items,
             };
-            match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+            // A busy holder is well: ask again after a pause (doubling).
+            let mut pause = Duration::from_millis(200);
+            let answer = loop {
+                let a =
+                    tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req.clone())).await;
+                if !matches!(a, Ok(Ok(Response::Busy))) || pause > Duration::from_secs(4) {
+                    break a;
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            };
+            match answer {
                 Ok(Ok(Response::Has(ok))) => {
                     let lost: Vec<(Vec<u8>, FragmentId)> = chunk
                         .iter()
