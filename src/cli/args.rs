@@ -64,6 +64,11 @@ pub struct NetArgs {
     /// raise it for many nodes on one host, as in a test cluster).
     #[arg(long, value_name = "N", hide_short_help = true)]
     pub conns_per_address: Option<usize>,
+    /// For tests of hostile peers only: misbehave on purpose (corrupt,
+    /// truncate, stall, drop, fake-audit, refuse).
+    #[arg(long, value_name = "MODE", hide = true)]
+    #[serde(default)]
+    pub misbehave: Option<String>,
 }
 
 impl NetArgs {
@@ -94,6 +99,13 @@ impl NetArgs {
         }
         if let Some(n) = self.conns_per_address {
             cfg.conn_limits.per_ip = n;
+        }
+        if let Some(m) = &self.misbehave {
+            cfg.fault = Some(
+                m.parse()
+                    .map_err(|e: String| anyhow!("bad --misbehave: {e}"))?,
+            );
+            eprintln!("warning: this node misbehaves on purpose ({m}); for tests only");
         }
         Ok(cfg)
     }

@@ -53,6 +53,9 @@ pub(super) fn status(common: &Common, json: bool) -> anyhow::Result<()> {
         n.fragments_held,
         n.root_records
     );
+    for s in &n.struck {
+        println!("struck      {} ({} times): {}", s.peer, s.strikes, s.why);
+    }
     let d = &n.refused;
     if d.busy_requests + d.malformed_requests + d.connections > 0 {
         println!(

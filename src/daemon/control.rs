@@ -149,6 +149,20 @@ pub fn node_status(node: &NodeHandle) -> NodeStatus {
         bad_peers: peers.values().filter(|p| p.strikes > 0).count() as u64,
         known_peers: known.0,
         known_not_connected: known.1,
+        struck: {
+            let mut v: Vec<_> = peers
+                .iter()
+                .filter(|(_, p)| p.strikes > 0)
+                .map(|(id, p)| crate::daemon::protocol::StruckPeer {
+                    peer: id.to_string(),
+                    strikes: p.strikes,
+                    why: p.last_strike.clone().unwrap_or_default(),
+                })
+                .collect();
+            v.sort_by_key(|s| std::cmp::Reverse(s.strikes));
+            v.truncate(20);
+            v
+        },
         refused: {
             use std::sync::atomic::Ordering::Relaxed;
             let c = node.counters();

@@ -120,6 +120,18 @@ pub struct NodeStatus {
     /// What the node turned away to protect itself (see `Defence`).
     #[serde(default)]
     pub refused: Defence,
+    /// Peers struck for bad data or failed requests, most strikes first
+    /// (at most 20), with the last reason.
+    #[serde(default)]
+    pub struck: Vec<StruckPeer>,
+}
+
+/// A peer that returned bad data or failed requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StruckPeer {
+    pub peer: String,
+    pub strikes: u32,
+    pub why: String,
 }
 
 /// Inbound work a node refused, by reason, since it started.

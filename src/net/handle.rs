@@ -227,7 +227,9 @@ impl NodeHandle {
     pub fn strike(&self, peer: &PeerId, why: &str) {
         tracing::warn!(%peer, "bad peer: {why}");
         let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
-        peers.entry(*peer).or_insert_with(PeerInfo::new).strikes += 1;
+        let p = peers.entry(*peer).or_insert_with(PeerInfo::new);
+        p.strikes += 1;
+        p.last_strike = Some(why.chars().take(200).collect());
     }
 
     /// Updates what we believe a peer has free (after a PUT or a refusal).

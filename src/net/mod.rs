@@ -64,16 +64,43 @@ pub enum NetError {
     Stopped,
 }
 
-/// Misbehaviour for fault-injection tests: how this node answers GETs.
+/// Misbehaviour on purpose, for tests of hostile peers (`drizzle node
+/// --misbehave MODE`, hidden): the node speaks the real protocol and lies.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Flips a byte in every fragment served.
+    /// Flips a byte in every fragment served (and in audit answers).
     Corrupt,
     /// Serves fragments cut short.
     Truncate,
     /// Never answers GETs.
     Stall,
+    /// Answers STORED to PUTs and keeps nothing.
+    Drop,
+    /// Keeps fragments but answers audits from zeros, as a node that
+    /// dropped the bytes and fakes its answers.
+    FakeAudit,
+    /// Refuses about half of all requests, at random.
+    Refuse,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "corrupt" => Fault::Corrupt,
+            "truncate" => Fault::Truncate,
+            "stall" => Fault::Stall,
+            "drop" => Fault::Drop,
+            "fake-audit" => Fault::FakeAudit,
+            "refuse" => Fault::Refuse,
+            _ => {
+                return Err(format!(
+                "unknown misbehaviour '{s}' (corrupt, truncate, stall, drop, fake-audit, refuse)"
+            ))
+            }
+        })
+    }
 }
 
 /// How to run a node.
@@ -135,6 +162,8 @@ pub struct PeerInfo {
     pub strikes: u32,
     /// Its IP address (as dialed, else as seen), for failure domains.
     pub addr: Option<std::net::IpAddr>,
+    /// Why it was last struck.
+    pub last_strike: Option<String>,
 }
 
 impl PeerInfo {
@@ -147,6 +176,7 @@ impl PeerInfo {
             last_seen: Instant::now(),
             strikes: 0,
             addr: None,
+            last_strike: None,
         }
     }
     pub fn connected(&self) -> bool {

@@ -160,8 +160,12 @@ fn answer(
     req: Request,
     mine: OwnedSemaphorePermit,
 ) -> Response {
+    if shared.fault == Some(Fault::Refuse) && rand::random_bool(0.5) {
+        return Response::Refused("refusing at random (a node misbehaving on purpose)".into());
+    }
     match req {
         Request::Shed => Response::Busy,
+        Request::Put { .. } if shared.fault == Some(Fault::Drop) => Response::Stored,
         Request::Put { id, lease, data } => answer_put(shared, peer, &id, &lease, &data),
         Request::Get { id } => answer_get(shared, &id, mine),
         Request::Renew { secs, items } => match shared.frags.renew(&items, secs) {
@@ -177,6 +181,9 @@ fn answer(
                 if shared.fault == Some(Fault::Corrupt) && !data.is_empty() {
                     let at = (start as usize).min(data.len() - 1);
                     data[at] ^= 1;
+                }
+                if shared.fault == Some(Fault::FakeAudit) {
+                    data.fill(0);
                 }
                 Response::Proof(crate::maint::audit::prove(&data, start))
             }

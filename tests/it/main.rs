@@ -8,6 +8,7 @@ mod data;
 mod engine;
 mod faultfs;
 mod flood;
+mod hostile;
 mod inproc;
 mod local;
 mod months;
