@@ -13,7 +13,7 @@ use drizzle::vault::records::{FragmentLoc, Placement};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 
 use crate::inproc::{cluster, loopback, runtime, start_nodes, write_file, Stopper};
-use crate::support::{pattern, wait_for};
+use crate::support::{pattern, raw_swarm, wait_for};
 
 #[test]
 fn cluster_of_twelve_survives_losing_n_minus_k_holders() {
@@ -293,24 +293,17 @@ fn malformed_and_oversized_messages_are_rejected_without_a_crash() {
     let addr = nodes[0].listen_addrs()[0].clone();
 
     let answers: Vec<Result<Vec<u8>, String>> = rt.block_on(async move {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                Default::default(),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| {
+        let mut swarm = raw_swarm(
+            |_| {
                 request_response::Behaviour::with_codec(
                     raw::RawCodec,
                     [(drizzle::net::proto::PROTOCOL, ProtocolSupport::Outbound)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
                 )
-            })
-            .unwrap()
-            .build();
+            },
+            Duration::from_secs(60),
+        );
         swarm.dial(addr).unwrap();
         loop {
             if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
@@ -821,24 +814,17 @@ fn raw_kad_put(rt: &tokio::runtime::Runtime, via: &NodeHandle, key: &[u8; 32], v
     let target = via.peer_id();
     let key = *key;
     rt.block_on(async move {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                Default::default(),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|k| {
+        let mut swarm = raw_swarm(
+            |k| {
                 let id = k.public().to_peer_id();
                 let cfg = kad::Config::new(libp2p::StreamProtocol::new("/drizzle/kad/1"));
                 let mut b =
                     kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), cfg);
                 b.set_mode(Some(kad::Mode::Server));
                 b
-            })
-            .unwrap()
-            .build();
+            },
+            Duration::from_secs(60),
+        );
         let (plain, _) = drizzle::net::split_peer_addr(&addr);
         swarm.behaviour_mut().add_address(&target, plain);
         swarm.dial(addr).unwrap();

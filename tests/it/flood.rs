@@ -126,15 +126,8 @@ async fn attacker(
     read: bool,
     tally: Arc<Tally>,
 ) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            Default::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
+    let mut swarm = crate::support::raw_swarm(
+        |_| {
             request_response::Behaviour::with_codec(
                 FloodCodec { read },
                 [(PROTOCOL, ProtocolSupport::Outbound)],
@@ -142,10 +135,9 @@ async fn attacker(
                     .with_request_timeout(Duration::from_secs(600))
                     .with_max_concurrent_streams(10_000),
             )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+        },
+        Duration::from_secs(600),
+    );
     if swarm.dial(addr).is_err() {
         return;
     }

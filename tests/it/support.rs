@@ -529,3 +529,24 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A bare libp2p swarm (TCP, Noise, Yamux) with a fresh identity and the
+/// behaviour `make` builds from it, for tests that speak the wire format
+/// themselves; connections stay open while idle for `idle`.
+pub fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    make: impl FnOnce(&libp2p::identity::Keypair) -> B,
+    idle: Duration,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            Default::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|k| make(k))
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build()
+}
