@@ -85,6 +85,16 @@ struct Usage {
     by_peer: HashMap<Vec<u8>, u64>,
     /// PUTs in progress.
     storing: HashSet<FragmentId>,
+    /// What each peer stored for this node when it last sent a PUT (the
+    /// ledger's "gives"), to sum the grace in use.
+    gives: HashMap<Vec<u8>, u64>,
+}
+
+/// The grace all peers share: a quarter of the donation, at least one
+/// peer's grace. Fresh identities are free, so beyond it a newcomer must
+/// give before it takes.
+fn grace_pool(donated: u64, grace: u64) -> u64 {
+    (donated / 4).max(grace)
 }
 
 /// Fragments this node stores for others.
@@ -286,6 +296,22 @@ impl FragmentStore {
                 "over your share: this node stores {takes} bytes for you and you store {gives} \
                      bytes for it; beyond a grace of {} bytes a peer must give about what it takes",
                 self.grace
+            ))));
+        }
+        // The grace is one pool for all peers, not one per identity.
+        u.gives.insert(peer.to_vec(), gives);
+        let in_grace = |takes: u64, gives: u64| takes.saturating_sub(gives);
+        let used: u64 = u
+            .by_peer
+            .iter()
+            .map(|(p, t)| in_grace(*t, u.gives.get(p).copied().unwrap_or(0)))
+            .sum();
+        let (before, after) = (in_grace(takes, gives), in_grace(takes + len, gives));
+        let pool = grace_pool(self.donated, self.grace);
+        if after > before && used - before + after > pool {
+            return Ok(Some(PutOutcome::Refused(format!(
+                "the grace this node gives peers that store nothing for it is used up \
+                 ({used} of {pool} bytes, shared by all such peers): store for others to earn room"
             ))));
         }
         // Checked before every PUT: the disk itself may fill from elsewhere.

@@ -105,6 +105,35 @@ fn fresh_root(i: u32) -> ([u8; 32], Vec<u8>) {
 }
 
 #[test]
+fn fresh_identities_share_one_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB donated: the pool is a quarter of it, 1 MiB, and so is the
+    // grace of one peer.
+    let fs = FragmentStore::open(dir.path(), 4 << 20, 1 << 20).unwrap();
+    let frag = |seed: u64| {
+        encode(&seed.to_le_bytes().repeat(600 << 7), 1, 0..1)
+            .unwrap()
+            .remove(0)
+    };
+    let (a, b, c) = (frag(1), frag(2), frag(3));
+    assert_eq!(
+        fs.put(&a.id, &a.bytes, b"sybil-1", 0, &LEASE).unwrap(),
+        PutOutcome::Stored
+    );
+    // A second fresh identity finds the pool nearly spent...
+    match fs.put(&b.id, &b.bytes, b"sybil-2", 0, &LEASE).unwrap() {
+        PutOutcome::Refused(why) => assert!(why.contains("used up"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // ...while a peer that stores for this node is not using grace.
+    assert_eq!(
+        fs.put(&c.id, &c.bytes, b"partner", 1 << 20, &LEASE)
+            .unwrap(),
+        PutOutcome::Stored
+    );
+}
+
+#[test]
 fn root_records_are_charged_bounded_per_peer_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let clock = crate::maint::clock::SimClock::new(1_000_000);
