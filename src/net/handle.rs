@@ -254,6 +254,20 @@ impl NodeHandle {
         *c.entry(*peer).or_default() += bytes;
     }
 
+    /// Takes back all credit of a peer caught lying about what it stores
+    /// (a lost fragment it had acknowledged, a failed audit, corrupt data):
+    /// from now on it may store here only within the grace, as a stranger.
+    pub fn forfeit_credit(&self, peer: &PeerId) {
+        let mut c = self
+            .shared
+            .credits
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if c.remove(peer).is_some() {
+            tracing::warn!(%peer, "took back the credit of a peer caught lying");
+        }
+    }
+
     pub fn fragment_count(&self) -> u64 {
         self.shared.frags.count()
     }

@@ -69,6 +69,7 @@ impl Remote {
         for (f, peer, verdict) in results {
             if let Some(why) = verdict {
                 self.node.strike(&peer, &why);
+                self.node.forfeit_credit(&peer);
                 self.state().missing.insert((f.peer, f.id));
             }
         }

@@ -236,6 +236,7 @@ impl Gathered {
             }
             Ok(Ok(Response::Fragment(_))) => {
                 node.strike(&peer, &format!("returned corrupt data for fragment {fid}"));
+                node.forfeit_credit(&peer);
                 problems.push(format!("peer {peer} returned a corrupt fragment"));
             }
             Ok(Ok(Response::NotFound)) => {

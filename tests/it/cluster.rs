@@ -881,3 +881,51 @@ fn durability_estimate_flags_objects_at_the_threshold() {
     assert!(after.read_availability < d.read_availability);
     assert!(after.yearly_loss > d.yearly_loss);
 }
+
+/// Credit is for what a peer really keeps: one caught lying (a failed
+/// audit, a lost or corrupt fragment) is a stranger again, within the grace.
+#[test]
+fn a_peer_caught_lying_loses_its_credit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let nodes = rt.block_on(async {
+        let mut v: Vec<NodeHandle> = Vec::new();
+        for i in 0..2 {
+            let mut cfg = NodeConfig::new(tmp.path().join(format!("n{i}")), 1 << 30);
+            cfg.grace = 150_000;
+            cfg.listen = vec![loopback()];
+            cfg.peers = v.iter().flat_map(|n| n.listen_addrs()).collect();
+            v.push(NodeHandle::start(cfg).await.unwrap());
+        }
+        v
+    });
+    let _stop = Stopper(nodes.clone());
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_for("peers", Duration::from_secs(30), || {
+        b.storage_peers().len() == 1
+    });
+    let put = |seed: u64| {
+        let f = coder::encode(&pattern(100_000, seed), 1, 0..1)
+            .unwrap()
+            .remove(0);
+        rt.block_on(b.request(
+            a.peer_id(),
+            Request::Put {
+                lease: LeaseTerms::new(&[1; 32], &[2; 32], 3600),
+                id: f.id,
+                data: f.bytes.into(),
+            },
+        ))
+        .unwrap()
+    };
+    // A's vault stores 1 MB on B: B may store about as much on A.
+    a.add_credit(&b.peer_id(), 1_000_000);
+    assert_eq!(put(1), Response::Stored);
+    assert_eq!(put(2), Response::Stored);
+    // B is caught lying: only the grace is left, and it is spent.
+    a.forfeit_credit(&b.peer_id());
+    match put(3) {
+        Response::Refused(why) => assert!(why.contains("over your share"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
