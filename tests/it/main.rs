@@ -13,6 +13,7 @@ mod inproc;
 mod local;
 mod months;
 mod network;
+mod parsers;
 mod posix;
 mod reallife;
 mod recovery;
