@@ -90,10 +90,12 @@ struct Usage {
     gives: HashMap<Vec<u8>, u64>,
 }
 
-/// The grace all peers share: a quarter of the donation, at least one
-/// peer's grace. Fresh identities are free, so beyond it a newcomer must
-/// give before it takes.
-fn grace_pool(donated: u64, grace: u64) -> u64 {
+/// The grace all peers share on a node that also keeps a vault (and so
+/// can be given back to): a quarter of the donation, at least one peer's
+/// grace. Fresh identities are free, so beyond it a newcomer must give
+/// before it takes. A contribution node gives its whole donation (see
+/// [`FragmentStore::with_grace_pool`]).
+pub fn grace_pool(donated: u64, grace: u64) -> u64 {
     (donated / 4).max(grace)
 }
 
@@ -104,6 +106,9 @@ pub struct FragmentStore {
     donated: u64,
     /// What any peer may store here beyond what it stores for this node.
     grace: u64,
+    /// What all peers together may store here beyond what they store for
+    /// this node.
+    pool: u64,
     used: Mutex<Usage>,
     /// Root records held; the lock also serializes updates (check the
     /// sequence, then store). Taken before `used`, never after.
@@ -187,10 +192,18 @@ impl FragmentStore {
             dir: dir.to_path_buf(),
             donated,
             grace,
+            pool: grace_pool(donated, grace),
             used: Mutex::new(usage),
             roots: Mutex::new(roots),
             clock,
         })
+    }
+
+    /// Sets what all peers together may store beyond what they give
+    /// (default [`grace_pool`]).
+    pub fn with_grace_pool(mut self, pool: u64) -> Self {
+        self.pool = pool;
+        self
     }
 
     fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
@@ -307,7 +320,7 @@ impl FragmentStore {
             .map(|(p, t)| in_grace(*t, u.gives.get(p).copied().unwrap_or(0)))
             .sum();
         let (before, after) = (in_grace(takes, gives), in_grace(takes + len, gives));
-        let pool = grace_pool(self.donated, self.grace);
+        let pool = self.pool;
         if after > before && used - before + after > pool {
             return Ok(Some(PutOutcome::Refused(format!(
                 "the grace this node gives peers that store nothing for it is used up \

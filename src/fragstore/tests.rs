@@ -125,6 +125,19 @@ fn fresh_identities_share_one_grace() {
         PutOutcome::Refused(why) => assert!(why.contains("used up"), "{why}"),
         other => panic!("{other:?}"),
     }
+    // A contribution node (no vault, nobody can give back) gives its
+    // whole donation: the same identity is welcome there.
+    let gift = FragmentStore::open(&dir.path().join("gift"), 4 << 20, 1 << 20)
+        .unwrap()
+        .with_grace_pool(4 << 20);
+    assert_eq!(
+        gift.put(&a.id, &a.bytes, b"sybil-1", 0, &LEASE).unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        gift.put(&b.id, &b.bytes, b"sybil-2", 0, &LEASE).unwrap(),
+        PutOutcome::Stored
+    );
     // ...while a peer that stores for this node is not using grace.
     assert_eq!(
         fs.put(&c.id, &c.bytes, b"partner", 1 << 20, &LEASE)

@@ -29,10 +29,13 @@ impl NodeHandle {
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("creating {}", cfg.dir.display()))?;
         let key = load_identity(&cfg.dir)?;
-        let frags = Arc::new(
+        let mut store =
             FragmentStore::open_with_clock(&cfg.dir, cfg.donate, cfg.grace, cfg.clock.clone())
-                .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?,
-        );
+                .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?;
+        if let Some(pool) = cfg.grace_pool {
+            store = store.with_grace_pool(pool);
+        }
+        let frags = Arc::new(store);
         let peer_id = key.public().to_peer_id();
         let mdns_on = cfg.mdns;
         let counters = NodeCounters::default();

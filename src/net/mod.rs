@@ -114,6 +114,10 @@ pub struct NodeConfig {
     pub donate: u64,
     /// What any peer may store here beyond what it stores for this node.
     pub grace: u64,
+    /// What all peers together may store here beyond what they store for
+    /// this node (`None`: a quarter of the donation, at least one grace;
+    /// a contribution node gives its whole donation).
+    pub grace_pool: Option<u64>,
     /// How often expired fragments are deleted.
     pub gc_interval: Duration,
     /// How often peers' uptime is counted (and the address book written).
@@ -138,6 +142,7 @@ impl NodeConfig {
             peers: Vec::new(),
             donate,
             grace: DEFAULT_GRACE,
+            grace_pool: None,
             gc_interval: Duration::from_secs(600),
             book_every: Duration::from_secs(15),
             mdns: false,
