@@ -66,7 +66,7 @@ impl Gate {
 }
 
 /// What a request costs against its peer's rate.
-fn cost(req: &Request) -> f64 {
+pub(super) fn cost(req: &Request) -> f64 {
     let listed = match req {
         Request::Has { ids } => ids.len(),
         Request::Renew { items, .. } | Request::Cancel { items } => items.len(),
@@ -98,7 +98,7 @@ impl Driver {
                 shared.counters.busy.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            _ => shared.admit(peer, &req),
+            _ => shared.admit(peer, cost(&req)),
         };
         let Some(Admitted { mine, queue }) = admitted else {
             let _ = self
@@ -129,15 +129,16 @@ pub(super) struct Admitted {
 }
 
 impl Shared {
-    /// Lets one inbound request from `peer` in, if the peer is within its
-    /// share (requests in flight, rate) and the node's queue has room;
-    /// `None` (counted) if it is to be answered `Busy`.
-    pub(super) fn admit(&self, peer: PeerId, req: &Request) -> Option<Admitted> {
+    /// Lets one inbound request from `peer`, costing `cost` against its
+    /// rate, in if the peer is within its share (requests in flight, rate)
+    /// and the node's queue has room; `None` (counted) if it is to be
+    /// answered `Busy`.
+    pub(super) fn admit(&self, peer: PeerId, cost: f64) -> Option<Admitted> {
         let mine = self
             .gates()
             .entry(peer)
             .or_insert_with(|| Gate::new(Instant::now()))
-            .admit(cost(req), Instant::now());
+            .admit(cost, Instant::now());
         let Some(mine) = mine else {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
             self.counters.busy.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::coder::{self, FragmentId};
 use crate::crypto::ObjectId;
 use crate::maint::{self, Holder, Plan, Uptime};
-use crate::net::PeerId;
+use crate::net::{PeerId, PeerInfo};
 use crate::placement::{self};
 use crate::vault::records::{FragmentLoc, Placement};
 
@@ -192,18 +192,16 @@ impl Remote {
     pub(super) fn room_to_spread(&self, p: &Placement) -> usize {
         let holders: HashSet<&Vec<u8>> = p.fragments.iter().map(|f| &f.peer).collect();
         let cap = (self.n.saturating_sub(p.k)).max(1) as usize;
-        let mut per_domain: HashMap<placement::Domain, usize> = HashMap::new();
+        let peers = self.node.peers();
+        let mut per_domain = self.holder_domains(p, &peers);
         // Moving within a crowded holder's domain changes no domain's count.
         let mut seen = HashSet::new();
-        let mut exempt = HashSet::new();
-        for f in &p.fragments {
-            if let Some(d) = self.domain_of(&f.peer) {
-                *per_domain.entry(d).or_default() += 1;
-                if !seen.insert(&f.peer) {
-                    exempt.insert(d);
-                }
-            }
-        }
+        let exempt: HashSet<placement::Domain> = p
+            .fragments
+            .iter()
+            .filter(|f| !seen.insert(&f.peer))
+            .filter_map(|f| self.domain_of(&peers, &f.peer))
+            .collect();
         self.node
             .storage_peers()
             .into_iter()
@@ -226,10 +224,30 @@ impl Remote {
     }
 
     /// The failure domain of a peer (by its id's bytes), if known.
-    fn domain_of(&self, peer: &[u8]) -> Option<placement::Domain> {
+    fn domain_of(
+        &self,
+        peers: &HashMap<PeerId, PeerInfo>,
+        peer: &[u8],
+    ) -> Option<placement::Domain> {
         let id = PeerId::from_bytes(peer).ok()?;
-        let addr = self.node.peers().get(&id)?.addr;
-        self.cfg.domains.domain(addr)
+        self.cfg.domains.domain(peers.get(&id)?.addr)
+    }
+
+    /// How many of an object's fragments each failure domain holds.
+    fn holder_domains(
+        &self,
+        p: &Placement,
+        peers: &HashMap<PeerId, PeerInfo>,
+    ) -> HashMap<placement::Domain, usize> {
+        let mut per_domain = HashMap::new();
+        for d in p
+            .fragments
+            .iter()
+            .filter_map(|f| self.domain_of(peers, &f.peer))
+        {
+            *per_domain.entry(d).or_default() += 1;
+        }
+        per_domain
     }
 
     /// Carries out `plan` for one object (drops, releases, fresh
@@ -330,18 +348,14 @@ impl Remote {
                 .map_err(|e| e.to_string())?;
         let frag_len = frags.first().map_or(0, |f| f.bytes.len() as u64);
         // The holders that stay count against their domains' caps.
+        let peers = self.node.peers();
         let mut spread = placement::Spread::new((self.n - old.k) as usize);
         spread.strict = moving;
         spread.exempt = moving_off
             .iter()
-            .filter_map(|f| self.domain_of(&f.peer))
+            .filter_map(|f| self.domain_of(&peers, &f.peer))
             .collect();
-        let peers = self.node.peers();
-        for p in &holders {
-            if let Some(d) = peers.get(p).and_then(|i| self.cfg.domains.domain(i.addr)) {
-                *spread.taken.entry(d).or_default() += 1;
-            }
-        }
+        spread.taken = self.holder_domains(old, &peers);
         drop(peers);
         let targets =
             placement::choose(&cands, frags.len(), frag_len, &spread).ok_or_else(|| {
