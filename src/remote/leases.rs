@@ -5,11 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::coder::FragmentId;
 use crate::net::proto::{Request, Response};
 use crate::net::PeerId;
+use crate::vault::Released;
 
 use super::{Remote, PUT_TIMEOUT};
 
@@ -17,21 +18,22 @@ use super::{Remote, PUT_TIMEOUT};
 /// period, if shorter) are renewed at once.
 const MOUNT_RENEW_AGE: u64 = 600;
 
-/// A holder whose lease renewal failed is tried again after this long.
-const RENEW_RETRY: Duration = Duration::from_secs(300);
+/// A holder whose lease renewal failed is tried again after this long
+/// (seconds of the maintenance clock).
+const RENEW_RETRY: u64 = 300;
 
 /// Most leases renewed or cancelled in one request.
 const LEASE_BATCH: usize = 1024;
 
 /// What the renewal loop remembers between passes of one mount.
 #[derive(Default)]
-struct RenewState {
+pub(super) struct RenewState {
     /// Holders renewed since the mount.
     this_mount: HashSet<Vec<u8>>,
     /// Holders whose renewal failed, and when.
-    failed: HashMap<Vec<u8>, Instant>,
+    failed: HashMap<Vec<u8>, u64>,
     /// Holders not connected that were dialed, and when.
-    dialed: HashMap<Vec<u8>, Instant>,
+    dialed: HashMap<Vec<u8>, u64>,
 }
 
 impl Remote {
@@ -76,7 +78,7 @@ impl Remote {
     /// Holders not connected yet are dialed and tried again shortly (the
     /// result says whether any are waiting); a holder whose renewal failed
     /// is retried after [`RENEW_RETRY`].
-    async fn renew_due(&self, period: u64, st: &mut RenewState) -> Result<bool, String> {
+    pub(super) async fn renew_due(&self, period: u64, st: &mut RenewState) -> Result<bool, String> {
         let vault = self.vault.clone();
         let (all, mut renewed) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::vault::VaultError>((vault.all_placements()?, vault.lease_renewals()?))
@@ -107,7 +109,7 @@ impl Remote {
             if st
                 .failed
                 .get(&peer_b)
-                .is_some_and(|t| t.elapsed() < RENEW_RETRY)
+                .is_some_and(|t| *t <= now && now - *t < RENEW_RETRY)
             {
                 continue;
             }
@@ -118,9 +120,9 @@ impl Remote {
                 if st
                     .dialed
                     .get(&peer_b)
-                    .is_none_or(|t| t.elapsed() > RENEW_RETRY)
+                    .is_none_or(|t| *t > now || now - *t > RENEW_RETRY)
                 {
-                    st.dialed.insert(peer_b.clone(), Instant::now());
+                    st.dialed.insert(peer_b.clone(), now);
                     self.node.find_peer(peer);
                 }
                 waiting = true;
@@ -136,7 +138,7 @@ impl Remote {
                 }
                 Err(e) => {
                     tracing::info!(%peer, "renewing leases failed (will retry): {e}");
-                    st.failed.insert(peer_b, Instant::now());
+                    st.failed.insert(peer_b, now);
                 }
             }
         }
@@ -199,46 +201,94 @@ impl Remote {
         Ok(())
     }
 
-    /// Cancels the leases of fragments whose objects were deleted, so the
-    /// space returns to the peers' donations.
+    /// Cancels the leases of fragments that left their placements (deleted
+    /// objects, superseded metadata, surplus copies), so the space returns
+    /// to the peers' donations. Entries are visited in key order from where
+    /// the last pass stopped, so holders that never answer hold up nobody
+    /// else; an entry is dropped a lease time after it was first seen (the
+    /// holder's lease has run out by then: nothing renews a released
+    /// fragment), which bounds the family.
     pub(super) async fn cancel_loop(self: Arc<Self>) {
+        let mut after: Option<Vec<u8>> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let vault = self.vault.clone();
-            let Ok(Ok(items)) =
-                tokio::task::spawn_blocking(move || vault.released(4 * LEASE_BATCH)).await
-            else {
-                continue;
-            };
-            if items.is_empty() {
-                continue;
+            match self.cancel_pass(after.take()).await {
+                Ok(next) => after = next,
+                Err(e) => tracing::warn!("cancelling released leases: {e}"),
             }
-            let by_peer = group_by_peer(items.into_iter().map(|(id, peer)| (peer, id)));
-            for (peer_b, ids) in by_peer {
-                let Ok(peer) = PeerId::from_bytes(&peer_b) else {
-                    let junk: Vec<_> = ids.iter().map(|id| (*id, peer_b.clone())).collect();
-                    let _ = self.vault.forget_released(&junk);
-                    continue;
-                };
-                for chunk in ids.chunks(LEASE_BATCH) {
-                    let items = chunk
-                        .iter()
-                        .map(|id| (*id, self.vault.lease_secrets(id, &peer_b).1))
-                        .collect();
-                    let req = Request::Cancel { items };
-                    match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
-                        Ok(Ok(Response::Has(_))) => {
-                            let done: Vec<_> =
-                                chunk.iter().map(|id| (*id, peer_b.clone())).collect();
-                            if let Err(e) = self.vault.forget_released(&done) {
-                                tracing::warn!("forgetting cancelled leases: {e}");
-                            }
-                        }
-                        // Unreachable: try again later (or the lease expires).
-                        _ => break,
+        }
+    }
+
+    /// One pass of [`cancel_loop`](Self::cancel_loop) over up to
+    /// `4 * LEASE_BATCH` entries after `after`; returns where the next pass
+    /// goes on (None: from the start).
+    pub(super) async fn cancel_pass(
+        &self,
+        after: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let vault = self.vault.clone();
+        let (now, lease) = (self.clock.now(), self.lease_secs as u64);
+        let todo = tokio::task::spawn_blocking(move || {
+            let items = vault.released(after.as_deref(), 4 * LEASE_BATCH)?;
+            let next = (items.len() == 4 * LEASE_BATCH)
+                .then(|| items.last().map(Released::key))
+                .flatten();
+            let (mut todo, mut done, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+            for r in items {
+                if r.since.is_some_and(|t| now >= t.saturating_add(lease))
+                    || vault.placed_again(&r)?
+                {
+                    done.push(r);
+                } else {
+                    if r.since.is_none() {
+                        fresh.push(r.clone());
                     }
+                    todo.push(r);
                 }
             }
+            vault.forget_released(&done)?;
+            vault.stamp_released(&fresh, now)?;
+            Ok::<_, crate::vault::VaultError>((todo, next))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let (todo, next) = todo;
+        let mut by_peer: HashMap<Vec<u8>, Vec<Released>> = HashMap::new();
+        for r in todo {
+            by_peer.entry(r.peer.clone()).or_default().push(r);
+        }
+        for (peer_b, items) in by_peer {
+            let Ok(peer) = PeerId::from_bytes(&peer_b) else {
+                self.forget_released_async(items).await;
+                continue;
+            };
+            // Holders away are tried on a later pass (or their leases lapse).
+            if !self.node.is_connected(&peer) {
+                continue;
+            }
+            for chunk in items.chunks(LEASE_BATCH) {
+                let req = Request::Cancel {
+                    items: chunk
+                        .iter()
+                        .map(|r| (r.fragment, self.vault.lease_secrets(&r.fragment, &peer_b).1))
+                        .collect(),
+                };
+                match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
+                    Ok(Ok(Response::Has(_))) => self.forget_released_async(chunk.to_vec()).await,
+                    // Unreachable: try again later (or the lease expires).
+                    _ => break,
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    async fn forget_released_async(&self, items: Vec<Released>) {
+        let vault = self.vault.clone();
+        let res = tokio::task::spawn_blocking(move || vault.forget_released(&items)).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!("forgetting cancelled leases: {e}");
         }
     }
 }

@@ -21,6 +21,7 @@ mod namespace;
 mod objects;
 mod read;
 pub mod records;
+mod released;
 pub mod replica;
 mod seal;
 mod status;
@@ -29,6 +30,7 @@ mod write;
 
 pub use load::{FetchDone, Fetcher, Loaded, Plain, Wait};
 pub use objects::{Renewal, UploadBacklog};
+pub use released::Released;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;

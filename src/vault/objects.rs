@@ -116,7 +116,7 @@ impl Vault {
         // Its fragments' leases are cancelled in the background.
         let placement: Option<Placement> = self.get_record(Cf::Placements, &id.0, "placement")?;
         for f in placement.iter().flat_map(|p| &p.fragments) {
-            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+            released::release(batch, id, f);
         }
         batch.delete(Cf::Placements, id.0.to_vec());
         batch.delete(Cf::Cached, id.0.to_vec());
@@ -172,6 +172,7 @@ impl Vault {
         };
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, placement);
+        released::unrelease(&mut batch, placement);
         self.dequeue_upload(&mut inner, &mut batch, id, rec.size)?;
         let local = self.mark_cached(&mut batch, id, rec.size)?;
         self.commit(&mut inner, batch)?;
@@ -277,8 +278,9 @@ impl Vault {
         }
         let mut batch = Txn::default();
         self.put_record(&mut batch, Cf::Placements, &id.0, new);
+        released::unrelease(&mut batch, new);
         for f in release {
-            batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+            released::release(&mut batch, id, f);
         }
         self.commit(&mut inner, batch)?;
         Ok(true)
@@ -310,31 +312,6 @@ impl Vault {
         self.put_record(&mut batch, Cf::Leases, RENEWALS_KEY, &list);
         self.store.write(batch.batch)?;
         Ok(self.store.sync()?)
-    }
-
-    /// Fragments of deleted objects whose leases still need cancelling.
-    pub fn released(&self, limit: usize) -> Result<Vec<(FragmentId, Vec<u8>)>> {
-        Ok(self
-            .store
-            .scan(Cf::Released, &[], limit)?
-            .into_iter()
-            .filter(|(k, _)| k.len() > 32)
-            .map(|(k, _)| {
-                (
-                    FragmentId(k[..32].try_into().expect("32 bytes")),
-                    k[32..].to_vec(),
-                )
-            })
-            .collect())
-    }
-
-    /// Forgets released fragments once their leases are cancelled.
-    pub fn forget_released(&self, items: &[(FragmentId, Vec<u8>)]) -> Result<()> {
-        let mut b = Batch::default();
-        for (id, peer) in items {
-            b.delete(Cf::Released, [&id.0[..], peer].concat());
-        }
-        Ok(self.store.write(b)?)
     }
 
     /// Bytes of synced objects kept on local disk.

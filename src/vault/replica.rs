@@ -343,6 +343,7 @@ impl Vault {
         rec.placement = Some(placement.clone());
         let mut batch = Batch::default();
         chain_batch_put(&self.keys, &mut batch, id, &rec);
+        super::released::unrelease(&mut batch, placement);
         self.dequeue_upload(inner, &mut batch, id, rec.size)?;
         let local = self.mark_cached(&mut batch, id, rec.size)?;
         self.store.write(batch)?;
@@ -385,6 +386,7 @@ impl Vault {
         rec.placement = Some(new.clone());
         let mut batch = Batch::default();
         chain_batch_put(&self.keys, &mut batch, id, &rec);
+        super::released::unrelease(&mut batch, new);
         self.store.write(batch)?;
         Ok(Some(true))
     }
@@ -420,7 +422,7 @@ impl Vault {
             let rec: ChainRecord = decode(&open_record(&self.keys, Cf::Chain, &k, &v)?)
                 .map_err(|e| corrupt("metadata object record", e))?;
             for f in rec.placement.iter().flat_map(|p| &p.fragments) {
-                batch.put(Cf::Released, [&f.id.0[..], &f.peer].concat(), Vec::new());
+                super::released::release(&mut batch, &id, f);
             }
             batch.delete(Cf::Chain, id.0.to_vec());
             batch.delete(Cf::Cached, id.0.to_vec());
