@@ -480,10 +480,13 @@ impl Remote {
 
     /// Publishes in the background: when the upload queue is empty and
     /// something changed, at most every `publish_every`; offers the root
-    /// again every [`ROOT_REFRESH`].
+    /// again every [`ROOT_REFRESH`]. The ages are counted on the
+    /// maintenance clock, so a suspend or months of simulated time catch
+    /// up at the next wake.
     pub(crate) async fn publish_loop(self: Arc<Self>) {
-        let mut last_refresh = Instant::now();
-        let mut last_check: Option<Instant> = None;
+        let mut last_refresh = self.clock.now();
+        let mut last_check: Option<u64> = None;
+        let since = |t: u64| Duration::from_secs(self.clock.now().saturating_sub(t));
         loop {
             tokio::time::sleep(self.publish_every).await;
             let vault = self.vault.clone();
@@ -509,18 +512,18 @@ impl Remote {
                 if let Err(e) = self.publish().await {
                     tracing::warn!("publishing the metadata failed (will retry): {e}");
                 }
-                last_refresh = Instant::now();
-            } else if last_check.is_none_or(|t| t.elapsed() >= ROOT_CHECK) {
+                last_refresh = self.clock.now();
+            } else if last_check.is_none_or(|t| since(t) >= ROOT_CHECK) {
                 // Nothing to publish: this only looks at the network's root.
                 if let Err(e) = self.publish().await {
                     tracing::debug!("checking the network's root: {e}");
                 }
-                last_check = Some(Instant::now());
-            } else if last_refresh.elapsed() >= ROOT_REFRESH && !st.root.is_empty() {
+                last_check = Some(self.clock.now());
+            } else if since(last_refresh) >= ROOT_REFRESH && !st.root.is_empty() {
                 if let Err(e) = self.put_root(&st.root).await {
                     tracing::warn!("offering the root record again failed: {e}");
                 }
-                last_refresh = Instant::now();
+                last_refresh = self.clock.now();
             }
         }
     }
