@@ -54,6 +54,10 @@ struct UploadState {
     in_flight: HashSet<ObjectId>,
     /// Objects repaired since start.
     repaired: u64,
+    /// Bytes repair fetched and uploaded since start.
+    repair_bytes: u64,
+    /// Fresh fragments repair made since start.
+    rebuilt: u64,
     /// Crowded objects spread onto more peers since start.
     spread: u64,
     /// Fragments their holders lost (failed audits, unrenewable leases):
@@ -74,6 +78,12 @@ pub struct UploadActivity {
     /// Crowded objects spread onto more peers since the mount.
     #[serde(default)]
     pub spread_objects: u64,
+    /// Bytes repair fetched and uploaded since the mount.
+    #[serde(default)]
+    pub repair_bytes: u64,
+    /// Fresh fragments repair made since the mount.
+    #[serde(default)]
+    pub fragments_rebuilt: u64,
     /// Bytes per second over the last ten seconds.
     pub upload_rate: f64,
 }
@@ -113,11 +123,15 @@ pub struct Remote {
     /// Wall-clock time of the start, by `clock`.
     started_at: u64,
     /// Maintenance ages by this clock (the node's).
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Holders past their gone window that were dialed, and when.
     dialed: Mutex<HashMap<Vec<u8>, u64>>,
     /// When audits last ran (0: not since the start).
     last_audit: Mutex<u64>,
+    /// The renewal pass's memory, for [`maintain`](Self::maintain).
+    renew_state: tokio::sync::Mutex<leases::RenewState>,
+    /// Where the next cancel pass of [`maintain`](Self::maintain) goes on.
+    cancel_after: tokio::sync::Mutex<Option<Vec<u8>>>,
     lease_secs: u32,
     cfg: RemoteConfig,
 }
@@ -151,6 +165,10 @@ pub struct RemoteConfig {
     pub read_wait: Duration,
     /// How peers are grouped into failure domains for placement.
     pub domains: crate::placement::DomainRule,
+    /// Run renewal, cancelling and repair on timers of their own (the
+    /// daemon). Off, the caller runs them with
+    /// [`Remote::maintain`] as its clock moves (the simulator).
+    pub background: bool,
 }
 
 impl RemoteConfig {
@@ -168,6 +186,7 @@ impl RemoteConfig {
             publish_every: Duration::from_secs(30),
             read_wait: DEFAULT_READ_WAIT,
             domains: crate::placement::DomainRule::default(),
+            background: true,
         }
     }
 }
@@ -205,6 +224,8 @@ impl Remote {
             clock: node.clock(),
             dialed: Mutex::new(HashMap::new()),
             last_audit: Mutex::new(0),
+            renew_state: Default::default(),
+            cancel_after: Default::default(),
             // Nodes grant at most their maximum: renewal follows what they grant.
             lease_secs: lease_secs.clamp(1, crate::fragstore::MAX_LEASE_SECS),
             cfg,
@@ -228,9 +249,11 @@ impl Remote {
         });
         vault.set_fetcher(Arc::new(NetFetcher::new(node, cfg.read_wait)));
         tokio::spawn(remote.clone().upload_loop());
-        tokio::spawn(remote.clone().renew_loop());
-        tokio::spawn(remote.clone().cancel_loop());
-        tokio::spawn(remote.clone().repair_loop());
+        if cfg.background {
+            tokio::spawn(remote.clone().renew_loop());
+            tokio::spawn(remote.clone().cancel_loop());
+            tokio::spawn(remote.clone().repair_loop());
+        }
         tokio::spawn(remote.clone().publish_loop());
         remote
     }
@@ -263,6 +286,8 @@ impl Remote {
             uploads_in_flight: st.in_flight.len() as u64,
             repaired_objects: st.repaired,
             spread_objects: st.spread,
+            repair_bytes: st.repair_bytes,
+            fragments_rebuilt: st.rebuilt,
             upload_rate: rate,
         }
     }
@@ -287,6 +312,27 @@ impl Remote {
         }
         p.window = self.cfg.window;
         p
+    }
+
+    /// One round of maintenance now, at the clock's time: renew whatever
+    /// is due, cancel released leases, and a repair pass with its sample
+    /// of audits. For callers that move the clock themselves (the
+    /// simulator, with [`RemoteConfig::background`] off); the daemon's
+    /// loops run the same passes on timers.
+    pub async fn maintain(&self) {
+        let period = (self.lease_secs as u64 / 3).max(1);
+        let mut st = self.renew_state.lock().await;
+        if let Err(e) = self.renew_due(period, &mut st).await {
+            tracing::warn!("renewing leases: {e}");
+        }
+        drop(st);
+        let mut after = self.cancel_after.lock().await;
+        match self.cancel_pass(after.take()).await {
+            Ok(next) => *after = next,
+            Err(e) => tracing::warn!("cancelling released leases: {e}"),
+        }
+        drop(after);
+        self.repair_pass(true).await;
     }
 
     /// Asks the repair loop for a pass now (without audits).

@@ -365,3 +365,67 @@ fn holders_away_are_repaired_only_past_their_window_and_count_again_on_return() 
     assert_eq!(d.at_or_below_threshold, 0);
     m.unmount();
 }
+
+/// A file deleted while one of its holders is away for good: the holders
+/// that are connected have their leases cancelled at once; the absent
+/// holder's cancel waits, and is forgotten a lease time after it was first
+/// tried (its lease has run out by then), so cancels for holders that
+/// never return do not pile up.
+#[test]
+fn cancels_for_a_holder_that_never_returns_are_dropped_after_a_lease() {
+    let mut w = world();
+    let m = w.mount();
+    w.wait_renewed(&m);
+    let (_, placement) = m.vault.placements().unwrap().remove(0);
+    let away_peer = placement.fragments[0].peer.clone();
+    let away = (0..w.nodes.len())
+        .find(|i| w.nodes[*i].as_ref().unwrap().peer_id().to_bytes() == away_peer)
+        .unwrap();
+    w.stop_node(away);
+    m.vault.unlink(ROOT_INO, b"f").unwrap();
+    let pending = || m.vault.released(None, 1000).unwrap();
+    wait_for(
+        "the connected holders' cancels",
+        Duration::from_secs(30),
+        || {
+            let p = pending();
+            !p.is_empty() && p.iter().all(|r| r.peer == away_peer && r.since.is_some())
+        },
+    );
+    w.clock.advance(29 * DAY);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!pending().is_empty(), "dropped before its lease ran out");
+    w.clock.advance(2 * DAY);
+    wait_for(
+        "the stale cancel to be forgotten",
+        Duration::from_secs(30),
+        || pending().is_empty(),
+    );
+    m.unmount();
+}
+
+/// A vault mounted through a year of simulated time keeps its root
+/// record on the nodes: the publish loop re-offers it by the maintenance
+/// clock (a timer of real time would never come due here), so the nodes'
+/// expiry of records nobody offers for 180 days never drops it.
+#[test]
+fn a_vault_mounted_for_a_year_keeps_its_root_record_on_the_nodes() {
+    let w = world_with(5, |r| r.publish_every = Duration::from_millis(200));
+    let m = w.mount();
+    let roots = || -> Vec<u64> { w.nodes.iter().flatten().map(|n| n.root_count()).collect() };
+    wait_for("the root on every node", Duration::from_secs(30), || {
+        roots().iter().all(|c| *c >= 1)
+    });
+    for step in 1..=4 {
+        w.clock.advance(100 * DAY);
+        std::thread::sleep(Duration::from_secs(2));
+        w.let_nodes_collect();
+        assert!(
+            roots().iter().all(|c| *c >= 1),
+            "root records dropped after {} days: {:?}",
+            step * 100,
+            roots()
+        );
+    }
+    m.unmount();
+}
