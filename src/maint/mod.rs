@@ -12,4 +12,4 @@ pub mod policy;
 
 pub use clock::{Clock, SimClock, SystemClock};
 pub use history::{GoneWindow, Uptime};
-pub use policy::{Holder, Plan, Policy};
+pub use policy::{Holder, Plan, Policy, Tally};

@@ -28,7 +28,7 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{DayPoint, Decision, Report, SimConfig};
+use super::{exp, DayPoint, Decision, Report, SimConfig};
 use crate::maint::{Policy, Uptime};
 
 mod nodes;
@@ -61,13 +61,16 @@ enum Ev {
     OutageEnd(u32),
     /// A node's gone time (valid if it still is the node's `gone_at`).
     Gone(u32, u64),
-    /// A node's leases end unless renewed since `token`.
-    Expire(u32, u64),
-    /// A leftover fragment's lease ends (node, bytes, node epoch).
-    Leftover(u32, u64, u32),
+    /// A node's leases end unless renewed meanwhile (at most one queued
+    /// per node: a renewal moves the end, and the event then comes again).
+    Expire(u32),
+    /// Leftover fragments' leases end on a node (node, node epoch).
+    Leftover(u32, u32),
     OwnerOn,
     RenewTick,
     Evaluate(u32),
+    /// The owners' pass over every object marked since the last one.
+    Drain,
     RepairDone(u32),
     Sample,
     Day,
@@ -99,6 +102,11 @@ struct Node {
     /// The epoch the owners know of (they learn of a wipe when renewing).
     known_epoch: u32,
     leftover: u64,
+    /// The leftovers by when their lease ends (in order): every fragment
+    /// dropped between two renewals ends at once, so one event each.
+    left: std::collections::VecDeque<(u64, u64)>,
+    /// Whether an `Expire` event is queued.
+    expire_queued: bool,
     /// Bytes of our fragments placed here.
     used: u64,
     /// Objects with a fragment here (stale entries are skipped and pruned).
@@ -126,6 +134,11 @@ struct Sim {
     subnets: Vec<Vec<u32>>,
     objects: Vec<Obj>,
     busy_until: Vec<u64>,
+    /// Objects to look at in the owners' next pass (each once, however
+    /// many of its holders changed meanwhile), and whether it is queued.
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    drain_queued: bool,
     sched: Schedule,
     lease: u64,
     frag_len: u64,
@@ -180,11 +193,6 @@ pub fn run_with_progress(cfg: &SimConfig, mut progress: impl FnMut(u32)) -> Resu
     Ok(sim.report())
 }
 
-fn exp(rng: &mut StdRng, mean: f64) -> u64 {
-    let u: f64 = rng.random::<f64>().max(1e-300);
-    (-u.ln() * mean).round().max(1.0) as u64
-}
-
 impl Sim {
     fn new(cfg: SimConfig) -> Sim {
         let layout_len = crate::coder::Layout::new(cfg.object_bytes as usize, cfg.k)
@@ -205,6 +213,9 @@ impl Sim {
             subnets: Vec::new(),
             objects: Vec::new(),
             busy_until: vec![0; OWNERS as usize],
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            drain_queued: false,
             sched,
             lease: (cfg.lease_days * DAY as f64) as u64,
             frag_len: layout_len,
@@ -262,20 +273,26 @@ impl Sim {
                 }
                 self.nodes[id as usize].was_gone = true;
                 for o in self.objects_of(id) {
-                    self.evaluate(o);
+                    self.touch(o);
                 }
             }
-            Ev::Expire(id, token) => self.expire(id, token),
-            Ev::Leftover(id, bytes, epoch) => {
+            Ev::Expire(id) => self.expire(id),
+            Ev::Leftover(id, epoch) => {
                 let n = &mut self.nodes[id as usize];
-                if !n.departed && n.epoch == epoch {
-                    n.leftover = n.leftover.saturating_sub(bytes);
-                    self.add_leftover(-(bytes as i64));
+                if n.departed || n.epoch != epoch {
+                    return;
                 }
+                let mut ended = 0;
+                while n.left.front().is_some_and(|(until, _)| *until <= self.now) {
+                    ended += n.left.pop_front().map_or(0, |(_, b)| b);
+                }
+                n.leftover = n.leftover.saturating_sub(ended);
+                self.add_leftover(-(ended as i64));
             }
             Ev::OwnerOn => self.owner_on(),
             Ev::RenewTick => self.renew_tick(),
             Ev::Evaluate(o) => self.evaluate(o),
+            Ev::Drain => self.drain(),
             Ev::RepairDone(o) => self.repair_done(o),
             Ev::Sample => self.sample(),
             Ev::Day => {

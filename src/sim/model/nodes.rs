@@ -36,6 +36,8 @@ impl Sim {
             epoch: 0,
             known_epoch: 0,
             leftover: 0,
+            left: Default::default(),
+            expire_queued: false,
             used: 0,
             objects: Vec::new(),
         });
@@ -112,6 +114,7 @@ impl Sim {
                 n.objects.push(o);
                 n.used += self.frag_len;
             }
+            self.is_dirty.push(false);
             self.objects.push(Obj {
                 next_index: frags.len() as u32,
                 frags,
@@ -121,7 +124,8 @@ impl Sim {
             });
         }
         for id in 0..self.nodes.len() as u32 {
-            self.at(self.lease, Ev::Expire(id, 0));
+            self.nodes[id as usize].expire_queued = true;
+            self.at(self.lease, Ev::Expire(id));
         }
         self.at(0, Ev::OwnerOn);
         self.at(0, Ev::RenewTick);
@@ -186,9 +190,8 @@ impl Sim {
             if std::mem::take(&mut n.was_gone) {
                 // Its fragments count again: the owners see it at their
                 // next pass.
-                let t = self.sched.next_online(self.now);
                 for o in self.objects_of(id) {
-                    self.at(t, Ev::Evaluate(o));
+                    self.touch(o);
                 }
             }
             let n = &self.nodes[id as usize];
@@ -230,6 +233,7 @@ impl Sim {
         self.departures += 1;
         self.nodes[id as usize].departed = true;
         self.refresh(id);
+        self.nodes[id as usize].left.clear();
         let left = std::mem::take(&mut self.nodes[id as usize].leftover);
         self.add_leftover(-(left as i64));
         for o in self.objects_of(id) {
@@ -242,15 +246,22 @@ impl Sim {
         self.add_node(class, subnet);
     }
 
-    /// The node's leases ran out unless renewed since `token`: our
-    /// fragments there are deleted.
-    pub(super) fn expire(&mut self, id: u32, token: u64) {
-        let n = &self.nodes[id as usize];
-        if n.departed || n.renewed_at != token {
+    /// The node's leases ran out unless renewed meanwhile (then the event
+    /// comes again at the new end): our fragments there are deleted.
+    pub(super) fn expire(&mut self, id: u32) {
+        let n = &mut self.nodes[id as usize];
+        n.expire_queued = false;
+        if n.departed {
+            return;
+        }
+        let end = n.renewed_at + self.lease;
+        if self.now < end {
+            n.expire_queued = true;
+            self.at(end, Ev::Expire(id));
             return;
         }
         let epoch = n.epoch;
-        let objs = self.objects_of(id);
+        let objs = self.pruned_objects_of(id);
         let mut count = 0;
         for &o in &objs {
             count += self.objects[o as usize]
@@ -264,6 +275,7 @@ impl Sim {
         let n = &mut self.nodes[id as usize];
         n.epoch += 1;
         n.used = 0;
+        n.left.clear();
         let left = std::mem::take(&mut n.leftover);
         self.add_leftover(-(left as i64));
         for o in objs {
@@ -276,11 +288,13 @@ impl Sim {
         n.renewed_at = self.now;
         let learned = n.known_epoch != n.epoch;
         n.known_epoch = n.epoch;
-        self.at(self.now + self.lease, Ev::Expire(id, self.now));
+        if !std::mem::replace(&mut n.expire_queued, true) {
+            self.at(self.now + self.lease, Ev::Expire(id));
+        }
         if learned {
             // The renewal said those fragments are gone.
             for o in self.objects_of(id) {
-                self.evaluate(o);
+                self.touch(o);
             }
         }
     }

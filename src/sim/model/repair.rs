@@ -8,8 +8,21 @@ use crate::maint::{policy, Holder};
 use super::{exp, Ev, Frag, Sim, HOUR, OWNERS, RETRY};
 
 impl Sim {
-    /// The objects with a fragment on `id` (pruning stale entries).
+    /// The objects with a fragment on `id`, perhaps with a few stale or
+    /// repeated entries (callers look at each object's own fragments);
+    /// pruned when it grows past twice what the node holds.
     pub(super) fn objects_of(&mut self, id: u32) -> Vec<u32> {
+        let n = &self.nodes[id as usize];
+        let live = (n.used / self.frag_len.max(1)) as usize;
+        if n.objects.len() > 2 * live + 64 {
+            return self.pruned_objects_of(id);
+        }
+        n.objects.clone()
+    }
+
+    /// The objects with a fragment on `id`, each once (pruning stale
+    /// entries).
+    pub(super) fn pruned_objects_of(&mut self, id: u32) -> Vec<u32> {
         let mut list = std::mem::take(&mut self.nodes[id as usize].objects);
         list.sort_unstable();
         list.dedup();
@@ -64,6 +77,39 @@ impl Sim {
         }
     }
 
+    /// Marks an object for the owners' next pass (now if they are
+    /// online, else when they next are).
+    pub(super) fn touch(&mut self, o: u32) {
+        if !std::mem::replace(&mut self.is_dirty[o as usize], true) {
+            self.dirty.push(o);
+        }
+        if !self.drain_queued {
+            self.drain_queued = true;
+            let t = self.sched.next_online(self.now);
+            self.at(t, Ev::Drain);
+        }
+    }
+
+    /// The owners' pass over the marked objects, in the order they were
+    /// marked.
+    pub(super) fn drain(&mut self) {
+        self.drain_queued = false;
+        for o in std::mem::take(&mut self.dirty) {
+            self.is_dirty[o as usize] = false;
+            self.evaluate(o);
+        }
+    }
+
+    /// Whether the plan for `o` would be empty (most passes over most
+    /// objects), without building it.
+    fn settled(&self, o: u32) -> bool {
+        let mut t = policy::Tally::default();
+        for f in &self.objects[o as usize].frags {
+            t.add(self.holder(f));
+        }
+        t.settled(&self.policy)
+    }
+
     fn plan(&self, o: u32) -> policy::Plan {
         let states: Vec<(u32, Holder)> = self.objects[o as usize]
             .frags
@@ -76,11 +122,14 @@ impl Sim {
     /// The owners' repair pass for one object.
     pub(super) fn evaluate(&mut self, o: u32) {
         let obj = &self.objects[o as usize];
-        if obj.lost || obj.queued || !self.sched.is_online(self.now) {
-            if !obj.lost && !obj.queued {
-                let t = self.sched.next_online(self.now);
-                self.at(t, Ev::Evaluate(o));
-            }
+        if obj.lost || obj.queued {
+            return;
+        }
+        if !self.sched.is_online(self.now) {
+            self.touch(o);
+            return;
+        }
+        if self.settled(o) {
             return;
         }
         let plan = self.plan(o);
@@ -157,13 +206,18 @@ impl Sim {
                 continue; // cancelled at once
             }
             // Unrenewed from now on: it lives until the node's lease ends.
-            let (until, epoch) = (n.renewed_at + self.lease, n.epoch);
-            self.nodes[f.node as usize].leftover += self.frag_len;
-            self.add_leftover(self.frag_len as i64);
-            self.at(
-                until.max(self.now),
-                Ev::Leftover(f.node, self.frag_len, epoch),
-            );
+            let (until, epoch) = ((n.renewed_at + self.lease).max(self.now), n.epoch);
+            let len = self.frag_len;
+            let n = &mut self.nodes[f.node as usize];
+            n.leftover += len;
+            match n.left.back_mut() {
+                Some((u, bytes)) if *u == until => *bytes += len,
+                _ => {
+                    n.left.push_back((until, len));
+                    self.at(until, Ev::Leftover(f.node, epoch));
+                }
+            }
+            self.add_leftover(len as i64);
         }
         let obj = &mut self.objects[o as usize];
         for &i in &plan.drop {

@@ -104,6 +104,7 @@ impl Sim {
             node_departures: self.departures,
             series: self.series,
             decisions: self.decisions,
+            real: None,
             config: self.cfg,
         }
     }
