@@ -10,9 +10,17 @@ use crate::sim::{self, SimConfig};
 /// Arguments of `drizzle simulate`.
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
-    /// Many nodes and objects, no payloads (the only mode so far).
-    #[arg(long)]
+    /// Many nodes and objects, no payloads.
+    #[arg(long, conflicts_with = "real")]
     pub model: bool,
+    /// A few real nodes in this process (real stores, real bytes, the
+    /// daemon's maintenance code) under simulated time.
+    #[arg(long)]
+    pub real: bool,
+    /// Where `--real` keeps its nodes' and vault's data (default: a
+    /// temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR", requires = "real")]
+    pub data_dir: Option<PathBuf>,
     /// Parameters in a TOML file (fields of the report's `config`); flags
     /// override it.
     #[arg(long, value_name = "FILE")]
@@ -57,6 +65,7 @@ impl SimulateArgs {
                 toml::from_str(&text)
                     .with_context(|| format!("bad simulation config {}", p.display()))?
             }
+            None if self.real => SimConfig::real_default(),
             None => SimConfig::default(),
         };
         macro_rules! set {
@@ -75,27 +84,49 @@ impl SimulateArgs {
                 online_hours: h.clamp(0.0, 24.0),
             };
         }
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("bad simulation parameters: {e}"))?;
+        let checked = if self.real {
+            sim::real::validate(&cfg)
+        } else {
+            cfg.validate()
+        };
+        checked.map_err(|e| anyhow::anyhow!("bad simulation parameters: {e}"))?;
         Ok(cfg)
     }
 }
 
 /// Runs `drizzle simulate`.
 pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
-    if !args.model {
-        bail!("choose a mode: --model (many simulated nodes, no payloads)");
+    if !args.model && !args.real {
+        bail!(
+            "choose a mode: --model (many simulated nodes, no payloads) or --real (a few real nodes)"
+        );
     }
     let cfg = args.sim_config()?;
     let bar = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let days = cfg.days as u32;
-    let report = sim::model::run_with_progress(&cfg, |d| {
+    let progress = |d| {
         if bar {
             eprint!("\rsimulating day {d}/{days}");
             let _ = std::io::stderr().flush();
         }
-    })
+    };
+    let report = if args.real {
+        let tmp;
+        let dir = match &args.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                tmp = tempfile::Builder::new()
+                    .prefix("drizzle-simulate-")
+                    .tempdir()
+                    .context("creating a temporary directory")?;
+                tmp.path().to_path_buf()
+            }
+        };
+        sim::real::run(&cfg, &dir, progress)
+    } else {
+        sim::model::run_with_progress(&cfg, progress)
+    }
     .map_err(|e| anyhow::anyhow!(e))?;
     if bar {
         eprintln!();
@@ -110,7 +141,16 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let r = &report;
+    print_summary(&report, started.elapsed());
+    if let Some(dir) = &args.out {
+        println!("report: {}", dir.join("report.json").display());
+        println!("plot:   {}", dir.join("report.svg").display());
+    }
+    Ok(())
+}
+
+/// The report as a few lines for people.
+fn print_summary(r: &sim::Report, elapsed: std::time::Duration) {
     let [lo, hi] = r.loss_per_object_year_ci99;
     println!(
         "{} objects on {} nodes for {} days (k={} n={} r={}, seed {}), {:.1} s",
@@ -121,7 +161,7 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         r.config.n,
         r.config.policy().r,
         r.config.seed,
-        started.elapsed().as_secs_f64()
+        elapsed.as_secs_f64()
     );
     println!(
         "lost objects:          {} ({:.2e} per object-year, 99% interval {:.2e} to {:.2e})",
@@ -149,9 +189,15 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         r.lease_expiries,
         r.node_departures
     );
-    if let Some(dir) = &args.out {
-        println!("report: {}", dir.join("report.json").display());
-        println!("plot:   {}", dir.join("report.svg").display());
+    if let Some(c) = &r.real {
+        println!(
+            "read back at the end:  {} of {} objects byte for byte",
+            c.objects_read_back,
+            c.objects_read_back + c.objects_lost
+        );
+        println!(
+            "placed fragments:      {} on nodes still here, {} of them missing; {} on departed nodes; {} unnamed on nodes",
+            c.placed_fragments, c.placed_fragments_missing, c.placed_on_departed, c.leftover_fragments
+        );
     }
-    Ok(())
 }

@@ -64,6 +64,14 @@ impl FragmentStore {
         }
         let n = gone.len();
         self.remove(gone)?;
+        self.expired
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Fragments deleted because their lease ran out, since the store
+    /// was opened.
+    pub fn expired_count(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

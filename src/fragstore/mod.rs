@@ -115,6 +115,8 @@ pub struct FragmentStore {
     roots: Mutex<roots::RootUsage>,
     /// Leases age by this clock (simulated in tests and the simulator).
     clock: Arc<dyn Clock>,
+    /// Fragments deleted because their lease ran out, since open.
+    expired: std::sync::atomic::AtomicU64,
 }
 
 /// Longest lease a node grants, whatever the owner asks.
@@ -196,6 +198,7 @@ impl FragmentStore {
             used: Mutex::new(usage),
             roots: Mutex::new(roots),
             clock,
+            expired: Default::default(),
         })
     }
 

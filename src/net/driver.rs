@@ -33,22 +33,28 @@ pub(super) async fn keep_book(shared: std::sync::Weak<Shared>, every: Duration) 
         let Some(s) = shared.upgrade() else {
             return;
         };
-        let connected: std::collections::HashSet<PeerId> = s
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, i)| i.connected())
-            .map(|(p, _)| *p)
-            .collect();
-        let now = s.clock.now();
-        s.book().observe(now, &connected);
+        observe_connected(&s);
         let r =
             tokio::task::spawn_blocking(move || addrbook::AddressBook::save_shared(&s.book)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!("cannot write the address book: {e}");
         }
     }
+}
+
+/// Counts every known peer as up or away since the last count, by the
+/// node's clock.
+pub(super) fn observe_connected(s: &Shared) {
+    let connected: std::collections::HashSet<PeerId> = s
+        .peers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, i)| i.connected())
+        .map(|(p, _)| *p)
+        .collect();
+    let now = s.clock.now();
+    s.book().observe(now, &connected);
 }
 
 /// Deletes fragments whose lease ran out and root records nobody offered

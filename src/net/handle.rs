@@ -170,6 +170,12 @@ impl NodeHandle {
         self.shared.book().uptime(peer).cloned()
     }
 
+    /// Counts each known peer's uptime now (the node also does every
+    /// `book_every`); the simulator calls it after each step of its clock.
+    pub fn observe_peers(&self) {
+        super::driver::observe_connected(&self.shared);
+    }
+
     /// The clock this node ages leases and uptime by.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.shared.clock.clone()
@@ -273,6 +279,23 @@ impl NodeHandle {
 
     pub fn fragment_count(&self) -> u64 {
         self.shared.frags.count()
+    }
+
+    /// Fragments this node deleted because their lease ran out, since it
+    /// started.
+    pub fn expired_fragments(&self) -> u64 {
+        self.shared.frags.expired_count()
+    }
+
+    /// Deletes the fragments whose lease ran out now (the node also does
+    /// every `gc_interval`); returns how many.
+    pub fn expire_now(&self) -> Result<usize, String> {
+        self.shared.frags.expire().map_err(|e| e.to_string())
+    }
+
+    /// Which of `ids` this node stores.
+    pub fn holds(&self, ids: &[crate::coder::FragmentId]) -> Result<Vec<bool>, String> {
+        self.shared.frags.has(ids).map_err(|e| e.to_string())
     }
 
     /// Root records kept for vaults.

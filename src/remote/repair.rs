@@ -125,7 +125,9 @@ impl Remote {
             let started = Instant::now();
             match self.repair_one(id, p, &plan, &extra).await {
                 Ok(bytes) => {
+                    self.state().repair_bytes += bytes;
                     if plan.rebuild > 0 {
+                        self.state().rebuilt += plan.rebuild as u64;
                         self.state().repaired += 1;
                         tracing::info!(object = %id, "rebuilt {} fragments", plan.rebuild);
                     }
