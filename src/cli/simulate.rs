@@ -21,6 +21,20 @@ pub struct SimulateArgs {
     /// temporary directory, removed at the end).
     #[arg(long, value_name = "DIR", requires = "real")]
     pub data_dir: Option<PathBuf>,
+    /// Replay the node trace of a `--real` report (made with
+    /// `--record-decisions`) through the model, with that report's
+    /// parameters, and compare the repair decisions both made.
+    #[arg(
+        long,
+        value_name = "REPORT",
+        requires = "model",
+        conflicts_with = "params"
+    )]
+    pub replay: Option<PathBuf>,
+    /// Keep every repair decision in the report (and, with `--real`, the
+    /// trace of node changes, for `--replay`).
+    #[arg(long)]
+    pub record_decisions: bool,
     /// Parameters in a TOML file (fields of the report's `config`); flags
     /// override it.
     #[arg(long, value_name = "FILE")]
@@ -72,6 +86,7 @@ impl SimulateArgs {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { cfg.$f = v; })* };
         }
         set!(seed, days, nodes, objects, k, n);
+        cfg.record_decisions |= self.record_decisions;
         if self.r.is_some() {
             cfg.r = self.r;
         }
@@ -100,6 +115,9 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         bail!(
             "choose a mode: --model (many simulated nodes, no payloads) or --real (a few real nodes)"
         );
+    }
+    if let Some(path) = &args.replay {
+        return replay(args, path);
     }
     let cfg = args.sim_config()?;
     let bar = std::io::stderr().is_terminal();
@@ -131,7 +149,34 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
     if bar {
         eprintln!();
     }
-    let json = serde_json::to_string_pretty(&report)?;
+    show(args, &report, started.elapsed())
+}
+
+/// `--replay`: the model on a `--real` report's trace.
+fn replay(args: &SimulateArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let recorded: sim::Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a simulation report", path.display()))?;
+    let Some(trace) = &recorded.trace else {
+        bail!(
+            "{} has no node trace: make it with `drizzle simulate --real --record-decisions --out DIR`",
+            path.display()
+        );
+    };
+    let report = sim::model::replay(&recorded.config, trace, &recorded.decisions)
+        .map_err(|e| anyhow::anyhow!("cannot replay {}: {e}", path.display()))?;
+    show(args, &report, started.elapsed())
+}
+
+/// Writes the report where asked and prints it (as JSON, or a summary).
+fn show(
+    args: &SimulateArgs,
+    report: &sim::Report,
+    elapsed: std::time::Duration,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("report.json"), &json)?;
@@ -141,7 +186,7 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         println!("{json}");
         return Ok(());
     }
-    print_summary(&report, started.elapsed());
+    print_summary(report, elapsed);
     if let Some(dir) = &args.out {
         println!("report: {}", dir.join("report.json").display());
         println!("plot:   {}", dir.join("report.svg").display());
@@ -189,6 +234,16 @@ fn print_summary(r: &sim::Report, elapsed: std::time::Duration) {
         r.lease_expiries,
         r.node_departures
     );
+    if let Some(m) = &r.replay {
+        println!(
+            "replayed decisions:    {} as recorded (at most {} s apart), {} only in the recording, {} only in the model: {}",
+            m.matched,
+            m.max_skew,
+            m.only_first.len(),
+            m.only_second.len(),
+            if m.same() { "the same" } else { "they differ" }
+        );
+    }
     if let Some(c) = &r.real {
         println!(
             "read back at the end:  {} of {} objects byte for byte",

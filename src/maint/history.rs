@@ -113,6 +113,29 @@ impl Uptime {
         longest.saturating_mul(2).clamp(w.min, w.max)
     }
 
+    /// Watched seconds from now until [`is_gone`](Self::is_gone) says
+    /// gone by watched time, if the peer stays away: its window may
+    /// change meanwhile, from the one for peers we hardly know to the one
+    /// its absences give, once the watched time is long enough.
+    pub fn watch_until_gone(&self, w: &GoneWindow) -> u64 {
+        let total = self.up + self.down;
+        let past = |window: u64| (window + 1).saturating_sub(self.away);
+        let settled = {
+            let mut s = self.clone();
+            s.up = s.up.max(SETTLED);
+            s.gone_window(w)
+        };
+        if total >= SETTLED {
+            return past(settled);
+        }
+        // Gone under the short-history window before the history settles?
+        let early = past(w.unknown.clamp(w.min, w.max));
+        if early < SETTLED - total {
+            return early;
+        }
+        past(settled).max(SETTLED - total)
+    }
+
     /// True if the peer has been away longer than its window (time this
     /// node watched), or longer than the window's maximum by the wall
     /// clock since it was last seen: an owner online a few hours a day
@@ -174,5 +197,36 @@ mod tests {
         assert!(u.is_gone(&w, 1_000 + 7 * 86_400));
         assert!(!u.is_gone(&w, 1_000 + 3600));
         assert_eq!(Uptime::default().gone_window(&GoneWindow::fixed(3)), 3);
+    }
+
+    /// The model's shortcut agrees with stepping the peer's history until
+    /// it is gone, across the switch from a short history to a settled one.
+    #[test]
+    fn watch_until_gone_agrees_with_watching() {
+        let w = GoneWindow::DEFAULT;
+        for (up, down, away, absences) in [
+            (0, 0, 0, vec![]),
+            (20 * 3600, 0, 0, vec![]),
+            (20 * 3600, 3 * 3600, 3 * 3600, vec![]),
+            (10 * 3600, 4 * 3600, 0, vec![2 * 3600]),
+            (23 * 3600, 600, 0, vec![600]),
+            (50 * 3600, 7200, 1200, vec![7200, 300]),
+            (5 * 3600, 2 * 3600, 0, vec![11 * 3600]),
+        ] {
+            let start = Uptime {
+                up,
+                down,
+                away,
+                absences: absences.clone(),
+                seen: 0,
+            };
+            let mut u = start.clone();
+            let mut watched = 0;
+            while !u.is_gone(&w, 0) {
+                u.watched(false, 1);
+                watched += 1;
+            }
+            assert_eq!(start.watch_until_gone(&w), watched, "{start:?}");
+        }
     }
 }

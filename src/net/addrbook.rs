@@ -187,12 +187,11 @@ impl AddressBook {
             now.saturating_sub(self.observed)
         };
         self.observed = now;
-        if step == 0 {
-            return;
-        }
         for (p, e) in self.peers.iter_mut() {
             let up = connected.contains(p);
-            e.uptime.observe(up, step);
+            if step > 0 {
+                e.uptime.observe(up, step);
+            }
             if up {
                 e.uptime.seen = now;
             }

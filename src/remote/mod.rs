@@ -37,6 +37,7 @@ mod upload;
 
 pub use fetch::fetch_object;
 pub use health::{Health, SyncProgress};
+pub use repair::RepairRecord;
 
 /// How long a read waits for the holders of its data to be found.
 pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(30);
@@ -132,6 +133,9 @@ pub struct Remote {
     renew_state: tokio::sync::Mutex<leases::RenewState>,
     /// Where the next cancel pass of [`maintain`](Self::maintain) goes on.
     cancel_after: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Repairs carried out, when [`RemoteConfig::record_repairs`] is set
+    /// (at most [`repair::MAX_RECORDS`]).
+    repair_log: Mutex<Vec<RepairRecord>>,
     lease_secs: u32,
     cfg: RemoteConfig,
 }
@@ -169,6 +173,9 @@ pub struct RemoteConfig {
     /// daemon). Off, the caller runs them with
     /// [`Remote::maintain`] as its clock moves (the simulator).
     pub background: bool,
+    /// Keep a record of every repair ([`Remote::take_repairs`]; the
+    /// simulator's traces).
+    pub record_repairs: bool,
 }
 
 impl RemoteConfig {
@@ -187,6 +194,7 @@ impl RemoteConfig {
             read_wait: DEFAULT_READ_WAIT,
             domains: crate::placement::DomainRule::default(),
             background: true,
+            record_repairs: false,
         }
     }
 }
@@ -226,6 +234,7 @@ impl Remote {
             last_audit: Mutex::new(0),
             renew_state: Default::default(),
             cancel_after: Default::default(),
+            repair_log: Default::default(),
             // Nodes grant at most their maximum: renewal follows what they grant.
             lease_secs: lease_secs.clamp(1, crate::fragstore::MAX_LEASE_SECS),
             cfg,

@@ -19,6 +19,21 @@ use super::{fetch_object, peer_bytes, Remote};
 /// A holder past its gone window is dialed first, and judged gone only if
 /// it is still unreachable this long after.
 const DIAL_GRACE: u64 = 60;
+/// Most repairs [`Remote::take_repairs`] keeps between two calls.
+pub(super) const MAX_RECORDS: usize = 100_000;
+
+/// One repair carried out (a plan's drops, releases and fresh fragments),
+/// as kept with [`super::RemoteConfig::record_repairs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairRecord {
+    /// By the maintenance clock.
+    pub time: u64,
+    pub object: ObjectId,
+    pub rebuilt: u32,
+    pub dropped: u32,
+    /// The peers (id bytes) the fresh fragments went to.
+    pub targets: Vec<Vec<u8>>,
+}
 
 impl Remote {
     /// How the holder of `f` stands (see [`crate::maint::policy`]; whether
@@ -124,7 +139,16 @@ impl Remote {
             }
             let started = Instant::now();
             match self.repair_one(id, p, &plan, &extra).await {
-                Ok(bytes) => {
+                Ok((bytes, targets)) => {
+                    if !plan.is_empty() {
+                        self.record(RepairRecord {
+                            time: now,
+                            object: *id,
+                            rebuilt: plan.rebuild,
+                            dropped: plan.drop.len() as u32,
+                            targets,
+                        });
+                    }
                     self.state().repair_bytes += bytes;
                     if plan.rebuild > 0 {
                         self.state().rebuilt += plan.rebuild as u64;
@@ -154,6 +178,21 @@ impl Remote {
         self.state()
             .missing
             .retain(|(p, id)| named.contains(&(p, id)));
+    }
+
+    fn record(&self, r: RepairRecord) {
+        if self.cfg.record_repairs {
+            let mut log = self.repair_log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() < MAX_RECORDS {
+                log.push(r);
+            }
+        }
+    }
+
+    /// The repairs carried out since the last call (with
+    /// [`super::RemoteConfig::record_repairs`]; else none).
+    pub fn take_repairs(&self) -> Vec<RepairRecord> {
+        std::mem::take(&mut *self.repair_log.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Fragments to move off holders that keep several fragments of one
@@ -254,14 +293,15 @@ impl Remote {
 
     /// Carries out `plan` for one object (drops, releases, fresh
     /// fragments) and moves the `extra` ones (crowded, still held) to new
-    /// distinct peers; returns the bytes moved.
+    /// distinct peers; returns the bytes moved and the peers of the
+    /// rebuilt fragments.
     async fn repair_one(
         &self,
         id: &ObjectId,
         old: &Placement,
         plan: &Plan,
         extra: &[FragmentLoc],
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, Vec<Vec<u8>>), String> {
         let keep: Vec<FragmentLoc> = old
             .fragments
             .iter()
@@ -281,6 +321,12 @@ impl Remote {
         } else {
             (Vec::new(), 0)
         };
+        // The rebuilt fragments come first (the moved ones after them).
+        let targets = fresh
+            .iter()
+            .take(plan.rebuild as usize)
+            .map(|f| f.peer.clone())
+            .collect();
         let new = Placement {
             len: old.len,
             k: old.k,
@@ -298,7 +344,7 @@ impl Remote {
         if !replaced {
             return Err("the object changed while it was repaired".into());
         }
-        Ok(moved)
+        Ok((moved, targets))
     }
 
     /// Rebuilds `m` fresh fragments of `id` (from the local copy, else from

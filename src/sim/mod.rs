@@ -237,10 +237,98 @@ impl SimConfig {
 /// One repair decision (kept when `record_decisions` is set).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
+    /// Seconds since the start of the run.
     pub time: u64,
     pub object: u32,
     pub rebuilt: u32,
     pub dropped: u32,
+    /// The node slots the fresh fragments went to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<u32>,
+}
+
+/// A change of one node slot in a [`Trace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Up,
+    Down,
+    /// The node leaves for good with its disk; a fresh node (new
+    /// identity, empty store, up) takes its slot.
+    Depart,
+}
+
+/// One event of a [`Trace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// Seconds since the start of the run.
+    pub time: u64,
+    pub node: u32,
+    pub change: Change,
+}
+
+/// What happened to the nodes of a run, for replaying it: `--real` records
+/// one (with `record_decisions`), and the model replays it
+/// ([`model::replay`]) to compare the repair decisions both made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// Node slots (every node starts up).
+    pub nodes: u32,
+    /// Each object's first placement, as (node slot, fragment index).
+    pub placements: Vec<Vec<(u32, u32)>>,
+    /// Node changes, in time order.
+    pub events: Vec<TraceEvent>,
+}
+
+/// How two runs' repair decisions compare ([`compare_decisions`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionMatch {
+    /// Decisions both made: same object, same fragments rebuilt and
+    /// dropped, within the time tolerance.
+    pub matched: u64,
+    /// Made only by the first run, or only by the second.
+    pub only_first: Vec<Decision>,
+    pub only_second: Vec<Decision>,
+    /// The largest time difference among matched decisions, seconds.
+    pub max_skew: u64,
+}
+
+impl DecisionMatch {
+    pub fn same(&self) -> bool {
+        self.only_first.is_empty() && self.only_second.is_empty()
+    }
+}
+
+/// Pairs the decisions of two runs object by object, in time order:
+/// each decision of `a` matches the earliest unmatched one of `b` on the
+/// same object with the same counts within `tolerance` seconds.
+pub fn compare_decisions(a: &[Decision], b: &[Decision], tolerance: u64) -> DecisionMatch {
+    let mut out = DecisionMatch::default();
+    let mut used = vec![false; b.len()];
+    for d in a {
+        let found = b.iter().enumerate().position(|(i, e)| {
+            !used[i]
+                && e.object == d.object
+                && e.rebuilt == d.rebuilt
+                && e.dropped == d.dropped
+                && e.time.abs_diff(d.time) <= tolerance
+        });
+        match found {
+            Some(i) => {
+                used[i] = true;
+                out.matched += 1;
+                out.max_skew = out.max_skew.max(b[i].time.abs_diff(d.time));
+            }
+            None => out.only_first.push(d.clone()),
+        }
+    }
+    out.only_second = b
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(d, _)| d.clone())
+        .collect();
+    out
 }
 
 /// One day of the run, for the plot.
@@ -293,6 +381,14 @@ pub struct Report {
     pub series: Vec<DayPoint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Decision>,
+    /// The node changes of a `--real` run with `record_decisions`, to
+    /// replay through the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+    /// Replaying a trace: the recorded decisions (first) against the
+    /// model's (second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<DecisionMatch>,
     /// What only `--real` checks, with real bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real: Option<RealChecks>,

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{exp, poisson99, wilson99, DayPoint, Report, SimConfig};
-use crate::crypto::VaultKeys;
+use super::{exp, poisson99, wilson99, Change, DayPoint, Decision, Report, SimConfig, Trace};
+use crate::crypto::{ObjectId, VaultKeys};
 use crate::maint::{Clock, SimClock};
 use crate::net::{split_peer_addr, Multiaddr, NodeConfig, NodeHandle};
 use crate::remote::{Remote, RemoteConfig};
@@ -98,6 +98,12 @@ struct World {
     read_hits: u64,
     read_samples: u64,
     series: Vec<DayPoint>,
+    /// With `record_decisions`: the node changes, the slot of every
+    /// identity that ran, each data object's number, and the repairs.
+    trace: Trace,
+    slot_of: HashMap<Vec<u8>, u32>,
+    object_index: HashMap<ObjectId, u32>,
+    decisions: Vec<Decision>,
 }
 
 /// Checks what `--real` can run.
@@ -129,6 +135,15 @@ pub fn run(cfg: &SimConfig, dir: &Path, mut progress: impl FnMut(u32)) -> Result
     while t < end {
         t += STEP;
         w.clock.set(t);
+        // Mounts start a step and unmounts end one, so the vault watches
+        // the nodes over whole steps: what it saw over the last five
+        // minutes, then this step's changes, then maintenance.
+        if w.online(t) && w.mount.is_none() {
+            w.mount()?;
+        }
+        if let Some(m) = &w.mount {
+            m.vnode.observe_peers();
+        }
         let changed = w.churn(t)?;
         w.owner(t, changed)?;
         if (t - START) % HOUR == 0 {
@@ -188,6 +203,10 @@ impl World {
             read_hits: 0,
             read_samples: 0,
             series: Vec::new(),
+            trace: Trace::default(),
+            slot_of: HashMap::new(),
+            object_index: HashMap::new(),
+            decisions: Vec::new(),
             cfg,
         };
         let total: f64 = w.cfg.classes.iter().map(|c| c.share).sum();
@@ -257,6 +276,7 @@ impl World {
             self.peers[i].addr = split_peer_addr(a).0;
         }
         self.peers[i].id = Some(node.peer_id().to_bytes());
+        self.slot_of.insert(node.peer_id().to_bytes(), i as u32);
         self.peers[i].node = Some(node);
         self.peers[i].up = true;
         Ok(())
@@ -276,6 +296,17 @@ impl World {
             out.extend(m.vnode.listen_addrs().into_iter().take(1));
         }
         out
+    }
+
+    /// Notes a change of slot `i` in the trace (with `record_decisions`).
+    fn note(&mut self, t: u64, i: usize, change: Change) {
+        if self.cfg.record_decisions {
+            self.trace.events.push(super::TraceEvent {
+                time: t - START,
+                node: i as u32,
+                change,
+            });
+        }
     }
 
     fn stop(&mut self, i: usize) {

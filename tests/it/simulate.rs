@@ -265,3 +265,99 @@ departures_per_month = 1.5
     assert_eq!(r["series"].as_array().unwrap().len(), 10);
     assert!(r["read_availability"].as_f64().unwrap() > 0.5, "{r:#}");
 }
+
+/// One 30-day trace through both modes: `--real` (real nodes, the
+/// daemon's maintenance) records its node changes and repair decisions,
+/// and `--model --replay` runs the model on the same changes. Both must
+/// decide the same repairs (same objects, fragments rebuilt and dropped,
+/// within the replay's tolerance), and there must be repairs to compare.
+/// The machine may be busy meanwhile: the run waits for connections to
+/// settle at each step.
+#[test]
+fn a_thirty_day_trace_gives_the_same_repair_decisions_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = dir.path().join("trace.toml");
+    std::fs::write(
+        &params,
+        r#"
+seed = 7
+days = 30.0
+nodes = 12
+objects = 16
+k = 2
+n = 4
+object_bytes = 65536
+[owner]
+period_hours = 24.0
+online_hours = 8.0
+[outages]
+subnet_size = 12
+per_month = 0.0
+hours = 0.0
+[[classes]]
+name = "always-on"
+share = 0.5
+availability = 0.98
+session_hours = 240.0
+departures_per_month = 0.3
+[[classes]]
+name = "laptop"
+share = 0.5
+availability = 0.5
+session_hours = 5.0
+departures_per_month = 2.0
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("real");
+    let out = Command::new(drizzle_bin())
+        .args(["simulate", "--real", "--record-decisions", "--params"])
+        .arg(&params)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    let events = recorded["trace"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["change"] == "depart"));
+    let decisions = recorded["decisions"].as_array().unwrap();
+    assert!(
+        decisions.iter().filter(|d| d["rebuilt"] != 0).count() >= 3,
+        "too few repairs to compare: {decisions:?}"
+    );
+    let replay = Command::new(drizzle_bin())
+        .args(["simulate", "--model", "--json", "--replay"])
+        .arg(out_dir.join("report.json"))
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let model: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let m = &model["replay"];
+    assert_eq!(m["only_first"], serde_json::json!([]), "{m:#}");
+    assert_eq!(m["only_second"], serde_json::json!([]), "{m:#}");
+    assert_eq!(m["matched"].as_u64().unwrap(), decisions.len() as u64);
+    // A report without a trace is refused with a clear error.
+    let plain = dir.path().join("plain.json");
+    let mut stripped = recorded.clone();
+    stripped.as_object_mut().unwrap().remove("trace");
+    std::fs::write(&plain, stripped.to_string()).unwrap();
+    let bad = Command::new(drizzle_bin())
+        .args(["simulate", "--model", "--replay"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no node trace"));
+}

@@ -33,9 +33,12 @@ use crate::maint::{Policy, Uptime};
 
 mod nodes;
 mod repair;
+mod replay;
 mod report;
 mod schedule;
 
+pub use replay::replay;
+use replay::Replay;
 use schedule::Schedule;
 
 const HOUR: u64 = 3600;
@@ -74,6 +77,8 @@ enum Ev {
     RepairDone(u32),
     Sample,
     Day,
+    /// The replayed trace's event at this index.
+    Trace(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +90,9 @@ struct Frag {
 }
 
 struct Node {
+    /// Its place in the population (a departed node's successor takes
+    /// it): what traces and decisions name.
+    slot: u32,
     class: u16,
     subnet: u32,
     natural_up: bool,
@@ -166,6 +174,11 @@ struct Sim {
     leftover_since: u64,
     series: Vec<DayPoint>,
     decisions: Vec<Decision>,
+    /// A repair that cannot fetch k fragments or place its fresh ones is
+    /// retried this much later.
+    retry: u64,
+    /// Set when replaying a trace.
+    replay: Option<Replay>,
 }
 
 /// Runs the model and reports.
@@ -178,19 +191,26 @@ pub fn run_with_progress(cfg: &SimConfig, mut progress: impl FnMut(u32)) -> Resu
     cfg.validate()?;
     let mut sim = Sim::new(cfg.clone());
     sim.populate();
-    let mut day = 0;
-    while let Some(Reverse((t, _, ev))) = sim.queue.pop() {
-        if t > sim.end {
-            break;
+    Ok(sim.run(&mut progress))
+}
+
+impl Sim {
+    /// The event loop, to the end of the run.
+    fn run(mut self, progress: &mut impl FnMut(u32)) -> Report {
+        let mut day = 0;
+        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+            if t > self.end {
+                break;
+            }
+            self.now = t;
+            if ev == Ev::Day {
+                day += 1;
+                progress(day);
+            }
+            self.handle(ev);
         }
-        sim.now = t;
-        if ev == Ev::Day {
-            day += 1;
-            progress(day);
-        }
-        sim.handle(ev);
+        self.report()
     }
-    Ok(sim.report())
 }
 
 impl Sim {
@@ -244,6 +264,8 @@ impl Sim {
             leftover_since: 0,
             series: Vec::new(),
             decisions: Vec::new(),
+            retry: RETRY,
+            replay: None,
         }
     }
 
@@ -299,6 +321,7 @@ impl Sim {
                 self.day_point();
                 self.at(self.now + DAY, Ev::Day);
             }
+            Ev::Trace(i) => self.trace_event(i),
         }
     }
 

@@ -15,12 +15,15 @@ impl Sim {
         &self.cfg.classes[self.nodes[node as usize].class as usize]
     }
 
-    /// Adds a node of `class` in `subnet`, in its stationary state.
-    fn add_node(&mut self, class: u16, subnet: u32) -> u32 {
+    /// Adds a node of `class` in `subnet` at `slot`, in its stationary
+    /// state (replaying a trace: up, its changes come from the trace).
+    pub(super) fn add_node(&mut self, class: u16, subnet: u32, slot: u32) -> u32 {
         let c = self.cfg.classes[class as usize].clone();
-        let up = self.rng.random_bool(c.availability.clamp(0.0, 1.0));
+        let replay = self.replay.is_some();
+        let up = replay || self.rng.random_bool(c.availability.clamp(0.0, 1.0));
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {
+            slot,
             class,
             subnet,
             natural_up: up,
@@ -42,6 +45,10 @@ impl Sim {
             objects: Vec::new(),
         });
         self.subnets[subnet as usize].push(id);
+        if let Some(r) = &mut self.replay {
+            r.slots[slot as usize] = id;
+            return id;
+        }
         self.schedule_flip(id);
         let rate = c.departures_per_month / (30.0 * DAY as f64);
         if rate > 0.0 {
@@ -49,7 +56,7 @@ impl Sim {
             self.at(t, Ev::Depart(id));
         }
         if !up {
-            self.went_down(id);
+            self.went_down(id, self.now);
         }
         id
     }
@@ -85,7 +92,7 @@ impl Sim {
                 acc += self.cfg.classes[class].share;
                 class += 1;
             }
-            self.add_node(class as u16, i / subnet_size);
+            self.add_node(class as u16, i / subnet_size, i);
         }
         let o = self.cfg.outages.clone();
         if o.per_month > 0.0 && o.hours > 0.0 {
@@ -123,6 +130,13 @@ impl Sim {
                 below_since: None,
             });
         }
+        self.first_events();
+    }
+
+    /// The events every run starts with: each node's lease end, the
+    /// owners' schedule, the samples, and a pass over objects that start
+    /// below the threshold.
+    pub(super) fn first_events(&mut self) {
         for id in 0..self.nodes.len() as u32 {
             self.nodes[id as usize].expire_queued = true;
             self.at(self.lease, Ev::Expire(id));
@@ -180,12 +194,19 @@ impl Sim {
             return;
         }
         let watched = self.sched.online_between(n.since, self.now);
+        let online = self.sched.is_online(self.now);
         let n = &mut self.nodes[id as usize];
-        n.uptime.watched(n.up, watched);
+        // The owners learn only what they watch: a node that was up only
+        // while they were offline is still on the same absence.
+        if watched > 0 {
+            n.uptime.watched(n.up, watched);
+        }
         n.up = up;
-        n.since = self.now;
+        let up_since = std::mem::replace(&mut n.since, self.now);
         if up {
-            n.uptime.watched(true, 0);
+            if online {
+                n.uptime.watched(true, 0);
+            }
             n.gone_at = u64::MAX;
             if std::mem::take(&mut n.was_gone) {
                 // Its fragments count again: the owners see it at their
@@ -199,28 +220,31 @@ impl Sim {
                 self.renew(id);
             }
         } else {
-            self.went_down(id);
+            self.went_down(id, up_since);
         }
     }
 
     /// Schedules the time the owners judge a node that just went down
     /// gone (as [`Uptime::is_gone`] does): its gone window of watched time,
     /// or the window's maximum of wall-clock time since the owners last saw
-    /// it, whichever comes first; then the dial grace.
-    fn went_down(&mut self, id: u32) {
+    /// it, whichever comes first; then the dial grace, while online (the
+    /// daemon dials when it sees the holder is past its window).
+    fn went_down(&mut self, id: u32, up_since: u64) {
         let n = &self.nodes[id as usize];
-        let w = n.uptime.gone_window(&self.policy.window);
+        let until_gone = n.uptime.watch_until_gone(&self.policy.window);
         // Last seen: now if the owners are watching, else at the end of
         // their last online period if the node was up then.
         let seen = if self.sched.is_online(self.now) {
             Some(self.now)
         } else {
             let end = self.sched.last_online_end(self.now);
-            (end > n.since).then_some(end).or(n.seen)
+            (end > up_since).then_some(end).or(n.seen)
         };
-        let by_watch = self.sched.advance(self.now, w + 1);
+        let by_watch = self.sched.advance(self.now, until_gone);
         let by_wall = seen.map_or(u64::MAX, |s| s + self.policy.window.max + 1);
-        let t = by_watch.min(by_wall).max(self.now) + self.grace;
+        let t = self
+            .sched
+            .advance(by_watch.min(by_wall).max(self.now), self.grace);
         self.nodes[id as usize].seen = seen;
         self.nodes[id as usize].gone_at = t;
         self.at(t, Ev::Gone(id, t));
@@ -239,11 +263,9 @@ impl Sim {
         for o in self.objects_of(id) {
             self.check_loss(o);
         }
-        let (class, subnet) = (
-            self.nodes[id as usize].class,
-            self.nodes[id as usize].subnet,
-        );
-        self.add_node(class, subnet);
+        let n = &self.nodes[id as usize];
+        let (class, subnet, slot) = (n.class, n.subnet, n.slot);
+        self.add_node(class, subnet, slot);
     }
 
     /// The node's leases ran out unless renewed meanwhile (then the event

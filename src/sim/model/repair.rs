@@ -5,7 +5,7 @@
 use super::super::{Decision, RepairDelay};
 use crate::maint::{policy, Holder};
 
-use super::{exp, Ev, Frag, Sim, HOUR, OWNERS, RETRY};
+use super::{exp, Ev, Frag, Sim, HOUR, OWNERS};
 
 impl Sim {
     /// The objects with a fragment on `id`, perhaps with a few stale or
@@ -85,7 +85,7 @@ impl Sim {
         }
         if !self.drain_queued {
             self.drain_queued = true;
-            let t = self.sched.next_online(self.now);
+            let t = self.pass_time(self.now);
             self.at(t, Ev::Drain);
         }
     }
@@ -169,7 +169,7 @@ impl Sim {
         }
         // The repairer needs k fragments from holders that are up.
         if !self.readable(o) {
-            let t = self.sched.advance(self.now, RETRY);
+            let t = self.sched.advance(self.now, self.retry);
             self.at(t, Ev::Evaluate(o));
             return;
         }
@@ -178,9 +178,16 @@ impl Sim {
             .iter()
             .map(|f| f.node)
             .collect();
-        let pool = self.up_sample(plan.rebuild as usize * 8 + 16);
-        let Some(targets) = self.pick(&pool, &exclude, plan.rebuild as usize) else {
-            let t = self.sched.advance(self.now, RETRY);
+        let replayed = self.replayed_targets(o, plan.rebuild, &exclude);
+        let targets = match replayed {
+            Some(t) => Some(t),
+            None => {
+                let pool = self.up_sample(plan.rebuild as usize * 8 + 16);
+                self.pick(&pool, &exclude, plan.rebuild as usize)
+            }
+        };
+        let Some(targets) = targets else {
+            let t = self.sched.advance(self.now, self.retry);
             self.at(t, Ev::Evaluate(o));
             return;
         };
@@ -242,11 +249,16 @@ impl Sim {
         }
         self.objects[o as usize].frags = frags;
         if self.cfg.record_decisions {
+            let targets = targets
+                .iter()
+                .map(|t| self.nodes[*t as usize].slot)
+                .collect();
             self.decisions.push(Decision {
                 time: self.now,
                 object: o,
-                rebuilt: targets.len() as u32,
+                rebuilt: plan.rebuild,
                 dropped: plan.drop.len() as u32,
+                targets,
             });
         }
         // Back at or above r fragments that truly survive: the repair

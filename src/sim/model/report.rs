@@ -104,6 +104,8 @@ impl Sim {
             node_departures: self.departures,
             series: self.series,
             decisions: self.decisions,
+            trace: None,
+            replay: None,
             real: None,
             config: self.cfg,
         }

@@ -23,6 +23,7 @@ impl World {
         r.publish_every = Duration::from_secs(1);
         r.read_wait = Duration::from_secs(5);
         r.background = false;
+        r.record_repairs = c.record_decisions;
         // Every node is on 127.0.0.1: one domain would cap nothing.
         r.domains = crate::placement::DomainRule::Peer;
         r
@@ -74,21 +75,34 @@ impl World {
             remote,
         });
         self.settle(Duration::from_secs(10));
+        // Watching starts now.
+        if let Some(m) = &self.mount {
+            m.vnode.observe_peers();
+        }
         Ok(())
     }
 
     /// Waits (real time, at most `limit`) until the vault's node is
-    /// connected to every running node.
+    /// connected to every running node and to no other, so that what it
+    /// watches is the step's state.
     pub(super) fn settle(&self, limit: Duration) {
         let Some(m) = &self.mount else { return };
+        let running: HashSet<crate::net::PeerId> = self
+            .peers
+            .iter()
+            .filter_map(|p| p.node.as_ref())
+            .map(|n| n.peer_id())
+            .collect();
         let started = Instant::now();
         while started.elapsed() < limit {
-            let all = self
-                .peers
-                .iter()
-                .filter_map(|p| p.node.as_ref())
-                .all(|n| m.vnode.is_connected(&n.peer_id()));
-            if all {
+            let connected: HashSet<crate::net::PeerId> = m
+                .vnode
+                .peers()
+                .into_iter()
+                .filter(|(_, p)| p.connected())
+                .map(|(id, _)| id)
+                .collect();
+            if connected == running {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -101,6 +115,7 @@ impl World {
             return Ok(());
         };
         let a = m.remote.activity();
+        self.take_repairs(&m.remote);
         self.repairs += a.repaired_objects;
         self.rebuilt += a.fragments_rebuilt;
         self.repair_bytes += a.repair_bytes;
@@ -130,6 +145,9 @@ impl World {
         let wait = m.remote.wait_synced(|_| {});
         m.rt.block_on(async { tokio::time::timeout(Duration::from_secs(300), wait).await })
             .map_err(|_| "the first upload did not finish in 5 minutes".to_string())??;
+        if self.cfg.record_decisions {
+            self.number_objects()?;
+        }
         let now = self.clock.now();
         for i in 0..self.peers.len() {
             let c = self.cfg.classes[self.peers[i].class].clone();
@@ -137,12 +155,58 @@ impl World {
             self.peers[i].next_flip = now + self.session(c.availability, c.session_hours, up);
             if !up {
                 self.stop(i);
+                self.note(now, i, Change::Down);
             }
         }
         if !self.online(now) {
             self.unmount()?;
         }
         Ok(())
+    }
+
+    /// Numbers the data objects (by id) and records their first
+    /// placements in the trace.
+    fn number_objects(&mut self) -> Result<(), String> {
+        let m = self.mount.as_ref().expect("mounted");
+        let mut all = m.vault.placements().map_err(|e| e.to_string())?;
+        all.sort_by_key(|(id, _)| id.0);
+        self.trace.nodes = self.cfg.nodes;
+        for (i, (id, p)) in all.iter().enumerate() {
+            self.object_index.insert(*id, i as u32);
+            let frags = p
+                .fragments
+                .iter()
+                .map(|f| {
+                    (
+                        self.slot_of.get(&f.peer).copied().unwrap_or(u32::MAX),
+                        f.index,
+                    )
+                })
+                .collect();
+            self.trace.placements.push(frags);
+        }
+        Ok(())
+    }
+
+    /// Moves the repairs `remote` carried out on data objects into the
+    /// run's decisions.
+    fn take_repairs(&mut self, remote: &Remote) {
+        for r in remote.take_repairs() {
+            let Some(&object) = self.object_index.get(&r.object) else {
+                continue; // metadata
+            };
+            self.decisions.push(Decision {
+                time: r.time - START,
+                object,
+                rebuilt: r.rebuilt,
+                dropped: r.dropped,
+                targets: r
+                    .targets
+                    .iter()
+                    .map(|p| self.slot_of.get(p).copied().unwrap_or(u32::MAX))
+                    .collect(),
+            });
+        }
     }
 
     /// A session's length: up `hours` on average, down as long as the
@@ -160,7 +224,7 @@ impl World {
         exp(&mut self.rng, mean)
     }
 
-    fn online(&self, t: u64) -> bool {
+    pub(super) fn online(&self, t: u64) -> bool {
         let period = (self.cfg.owner.period_hours * HOUR as f64) as u64;
         let online = (self.cfg.owner.online_hours * HOUR as f64) as u64;
         online >= period || (t - START) % period.max(1) < online
@@ -178,6 +242,7 @@ impl World {
                 self.peers[i] = fresh;
                 self.departures += 1;
                 self.start(i)?;
+                self.note(t, i, Change::Depart);
                 let c = self.cfg.classes[self.peers[i].class].clone();
                 self.peers[i].next_flip = t + self.session(c.availability, c.session_hours, true);
                 changed = true;
@@ -185,8 +250,10 @@ impl World {
                 let up = !self.peers[i].up;
                 if up {
                     self.start(i)?;
+                    self.note(t, i, Change::Up);
                 } else {
                     self.stop(i);
+                    self.note(t, i, Change::Down);
                 }
                 let c = self.cfg.classes[self.peers[i].class].clone();
                 self.peers[i].next_flip = t + self.session(c.availability, c.session_hours, up);
@@ -207,7 +274,6 @@ impl World {
             (true, true) => {}
         }
         let m = self.mount.as_ref().expect("mounted");
-        m.vnode.observe_peers();
         m.rt.block_on(m.remote.maintain());
         Ok(())
     }
@@ -341,7 +407,7 @@ impl World {
         Ok(c)
     }
 
-    fn report(self, checks: RealChecks, expired: u64) -> Report {
+    fn report(mut self, checks: RealChecks, expired: u64) -> Report {
         let cfg = &self.cfg;
         let years = cfg.days / 365.0;
         let object_years = cfg.objects as f64 * years;
@@ -385,7 +451,12 @@ impl World {
             lease_expiries: expired,
             node_departures: self.departures,
             series: self.series,
-            decisions: Vec::new(),
+            decisions: std::mem::take(&mut self.decisions),
+            trace: self
+                .cfg
+                .record_decisions
+                .then(|| std::mem::take(&mut self.trace)),
+            replay: None,
             real: Some(checks),
             config: self.cfg,
         }
