@@ -136,9 +136,10 @@ fn short_absences_cost_nothing_and_departures_are_repaired_at_the_threshold() {
         .all(|d| d.rebuilt == 0 || d.rebuilt >= 3));
 }
 
-fn run_cli(args: &[&str]) -> serde_json::Value {
+/// Runs `drizzle simulate` with `args`, which must succeed; its output.
+fn simulate(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = Command::new(drizzle_bin())
-        .args(["simulate", "--model", "--json"])
+        .arg("simulate")
         .args(args)
         .output()
         .unwrap();
@@ -147,7 +148,13 @@ fn run_cli(args: &[&str]) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+fn run_cli(args: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), "--json".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    serde_json::from_slice(&simulate(&all)).unwrap()
 }
 
 #[test]
@@ -200,6 +207,23 @@ fn bad_parameters_get_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
 }
 
+/// Runs `drizzle simulate --real` with `params` (TOML) and `extra`
+/// flags, its data under `dir`; returns its standard output.
+fn run_real(dir: &std::path::Path, params: &str, extra: &[&str]) -> Vec<u8> {
+    let file = dir.join("params.toml");
+    std::fs::write(&file, params).unwrap();
+    let data = dir.join("data");
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "--real".as_ref(),
+        "--params".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ];
+    all.extend(extra.iter().map(std::ffi::OsStr::new));
+    simulate(&all)
+}
+
 /// `--real` through the binary: ten real nodes in one process, four of
 /// them coming and going (and some leaving for good), the owner online 8
 /// hours a day, ten simulated days. At the end every object reads back byte
@@ -208,9 +232,8 @@ fn bad_parameters_get_a_clear_error() {
 #[test]
 fn the_real_mode_runs_real_nodes_through_simulated_days() {
     let dir = tempfile::tempdir().unwrap();
-    let params = dir.path().join("real.toml");
-    std::fs::write(
-        &params,
+    let out = run_real(
+        dir.path(),
         r#"
 seed = 3
 days = 10.0
@@ -239,22 +262,9 @@ availability = 0.5
 session_hours = 5.0
 departures_per_month = 1.5
 "#,
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let out = Command::new(drizzle_bin())
-        .args(["simulate", "--real", "--json", "--params"])
-        .arg(&params)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--json"],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(r["mode"], "real");
     let c = &r["real"];
     assert_eq!(c["objects_read_back"], 8, "{r:#}");
@@ -276,9 +286,9 @@ departures_per_month = 1.5
 #[test]
 fn a_thirty_day_trace_gives_the_same_repair_decisions_in_both_modes() {
     let dir = tempfile::tempdir().unwrap();
-    let params = dir.path().join("trace.toml");
-    std::fs::write(
-        &params,
+    let out_dir = dir.path().join("real");
+    run_real(
+        dir.path(),
         r#"
 seed = 7
 days = 30.0
@@ -307,22 +317,7 @@ availability = 0.5
 session_hours = 5.0
 departures_per_month = 2.0
 "#,
-    )
-    .unwrap();
-    let out_dir = dir.path().join("real");
-    let out = Command::new(drizzle_bin())
-        .args(["simulate", "--real", "--record-decisions", "--params"])
-        .arg(&params)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--record-decisions", "--out", out_dir.to_str().unwrap()],
     );
     let recorded: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
@@ -333,17 +328,14 @@ departures_per_month = 2.0
         decisions.iter().filter(|d| d["rebuilt"] != 0).count() >= 3,
         "too few repairs to compare: {decisions:?}"
     );
-    let replay = Command::new(drizzle_bin())
-        .args(["simulate", "--model", "--json", "--replay"])
-        .arg(out_dir.join("report.json"))
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let model: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let report = out_dir.join("report.json");
+    let replay = simulate(&[
+        "--model".as_ref(),
+        "--json".as_ref(),
+        "--replay".as_ref(),
+        report.as_os_str(),
+    ]);
+    let model: serde_json::Value = serde_json::from_slice(&replay).unwrap();
     let m = &model["replay"];
     assert_eq!(m["only_first"], serde_json::json!([]), "{m:#}");
     assert_eq!(m["only_second"], serde_json::json!([]), "{m:#}");
