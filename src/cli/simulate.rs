@@ -254,5 +254,9 @@ fn print_summary(r: &sim::Report, elapsed: std::time::Duration) {
             "placed fragments:      {} on nodes still here, {} of them missing; {} on departed nodes; {} unnamed on nodes",
             c.placed_fragments, c.placed_fragments_missing, c.placed_on_departed, c.leftover_fragments
         );
+        println!(
+            "fragment bytes:        {} acknowledged to the vault, {} stored by the nodes",
+            c.bytes_sent, c.bytes_received
+        );
     }
 }

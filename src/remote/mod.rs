@@ -52,6 +52,8 @@ pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
 struct UploadState {
     last_error: Option<String>,
     uploaded_bytes: u64,
+    /// Fragment bytes peers said they stored (uploads and repairs).
+    stored_bytes: u64,
     in_flight: HashSet<ObjectId>,
     /// Objects repaired since start.
     repaired: u64,
@@ -85,6 +87,9 @@ pub struct UploadActivity {
     /// Fresh fragments repair made since the mount.
     #[serde(default)]
     pub fragments_rebuilt: u64,
+    /// Fragment bytes peers acknowledged storing since the mount.
+    #[serde(default)]
+    pub fragment_bytes_stored: u64,
     /// Bytes per second over the last ten seconds.
     pub upload_rate: f64,
 }
@@ -297,6 +302,7 @@ impl Remote {
             spread_objects: st.spread,
             repair_bytes: st.repair_bytes,
             fragments_rebuilt: st.rebuilt,
+            fragment_bytes_stored: st.stored_bytes,
             upload_rate: rate,
         }
     }

@@ -202,6 +202,7 @@ impl Remote {
             match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
                 Ok(Ok(Response::Stored)) => {
                     let len = data.len() as u64;
+                    self.state().stored_bytes += len;
                     self.node.add_credit(&peer, len);
                     self.node
                         .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));

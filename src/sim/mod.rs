@@ -413,6 +413,12 @@ pub struct RealChecks {
     /// Fragments on nodes that no placement names (leases not yet run
     /// out or cancelled).
     pub leftover_fragments: u64,
+    /// Fragment bytes the vault's peers acknowledged storing, and the
+    /// bytes the nodes stored: equal unless a transfer was lost.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 /// An exponentially distributed number of seconds with this mean (at

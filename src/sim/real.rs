@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ struct Peer {
     departs_at: u64,
     /// Fragments its earlier runs deleted at lease expiry.
     expired: u64,
+    /// Fragment bytes its earlier runs stored.
+    received: u64,
     /// Its peer id bytes, once started.
     id: Option<Vec<u8>>,
 }
@@ -90,6 +93,10 @@ struct World {
     departures: u64,
     /// Lease expiries on nodes that have since departed.
     expired_departed: u64,
+    /// Fragment bytes stored by nodes that have since departed.
+    received_departed: u64,
+    /// Fragment bytes the vault's peers acknowledged, over its mounts.
+    sent: u64,
     repairs: u64,
     rebuilt: u64,
     repair_bytes: u64,
@@ -196,6 +203,8 @@ impl World {
             generation: 0,
             departures: 0,
             expired_departed: 0,
+            received_departed: 0,
+            sent: 0,
             repairs: 0,
             rebuilt: 0,
             repair_bytes: 0,
@@ -248,6 +257,7 @@ impl World {
             next_flip: u64::MAX,
             departs_at,
             expired: 0,
+            received: 0,
             id: None,
         }
     }
@@ -312,6 +322,7 @@ impl World {
     fn stop(&mut self, i: usize) {
         if let Some(n) = self.peers[i].node.take() {
             self.peers[i].expired += n.expired_fragments();
+            self.peers[i].received += n.counters().bytes_in.load(Ordering::Relaxed);
             n.stop();
         }
         self.peers[i].up = false;

@@ -270,6 +270,9 @@ departures_per_month = 1.5
     assert_eq!(c["objects_read_back"], 8, "{r:#}");
     assert_eq!(c["objects_lost"], 0);
     assert_eq!(c["placed_fragments_missing"], 0, "{c:#}");
+    // Bytes uploaded (acknowledged) are the bytes the nodes received.
+    assert!(c["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(c["bytes_sent"], c["bytes_received"], "{c:#}");
     assert!(c["placed_fragments"].as_u64().unwrap() >= 8 * 4);
     assert_eq!(r["lease_expiries"], 0);
     assert_eq!(r["series"].as_array().unwrap().len(), 10);

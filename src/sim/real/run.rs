@@ -119,6 +119,7 @@ impl World {
         self.repairs += a.repaired_objects;
         self.rebuilt += a.fragments_rebuilt;
         self.repair_bytes += a.repair_bytes;
+        self.sent += a.fragment_bytes_stored;
         m.vnode.stop();
         drop(m.remote);
         drop(m.rt);
@@ -238,6 +239,7 @@ impl World {
                 self.stop(i);
                 let _ = std::fs::remove_dir_all(&self.peers[i].dir);
                 self.expired_departed += self.peers[i].expired;
+                self.received_departed += self.peers[i].received;
                 let fresh = self.fresh_peer(self.peers[i].class);
                 self.peers[i] = fresh;
                 self.departures += 1;
@@ -354,8 +356,20 @@ impl World {
         } else {
             self.settle(Duration::from_secs(10));
         }
-        let checks = self.check()?;
+        let mut checks = self.check()?;
         self.unmount()?;
+        checks.bytes_sent = self.sent;
+        checks.bytes_received = self.received_departed
+            + self
+                .peers
+                .iter()
+                .map(|p| {
+                    p.received
+                        + p.node
+                            .as_ref()
+                            .map_or(0, |n| n.counters().bytes_in.load(Ordering::Relaxed))
+                })
+                .sum::<u64>();
         let expired: u64 = self.expired_departed
             + self
                 .peers
