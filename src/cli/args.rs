@@ -147,12 +147,12 @@ pub struct MountNetArgs {
     pub lease_secs: Option<u32>,
     /// A fragment holder away this long stops counting, in seconds, for
     /// every holder (default: a window that follows each holder's uptime
-    /// history, from an hour to three days).
+    /// history, from an hour to a day).
     #[arg(long, value_name = "SECS", hide_short_help = true)]
     pub lost_after_secs: Option<u64>,
     /// Rebuild an object once fewer than this many of its fragments are on
-    /// holders that count (between k and n; default halfway, 13 for 10 of
-    /// 16).
+    /// holders that count (between k and n; default two thirds of the way
+    /// from k, 14 for 10 of 16).
     #[arg(long, value_name = "R", hide_short_help = true)]
     pub repair_threshold: Option<u32>,
     /// Audit budget: percent of what each holder stores for this vault that

@@ -51,7 +51,7 @@ pub struct SimulateArgs {
     pub k: Option<u32>,
     #[arg(long)]
     pub n: Option<u32>,
-    /// Repair threshold (default: halfway between k and n).
+    /// Repair threshold (default: two thirds of the way from k to n).
     #[arg(long)]
     pub r: Option<u32>,
     /// The same gone window for every holder, in hours (default: per

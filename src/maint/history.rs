@@ -32,11 +32,11 @@ pub struct GoneWindow {
 
 impl GoneWindow {
     /// The defaults (see ARCHITECTURE.md, "Maintenance", for the
-    /// simulator's figures behind them): at least an hour, at most two
-    /// days, a day for peers we hardly know.
+    /// simulator's figures behind them): at least an hour, at most a
+    /// day, a day for peers we hardly know.
     pub const DEFAULT: GoneWindow = GoneWindow {
         min: 3600,
-        max: 2 * 86_400,
+        max: 86_400,
         unknown: 86_400,
     };
 
@@ -176,10 +176,18 @@ mod tests {
             u.observe(false, 60);
         }
         assert!(u.is_gone(&w, 0));
-        // It comes back: its history now has the long absence.
+        // It comes back: its history now has the long absence (twice it
+        // is past the maximum).
         u.observe(true, 60);
         assert_eq!(u.away, 0);
-        assert_eq!(u.gone_window(&w), 42 * 3600);
+        assert_eq!(u.gone_window(&w), w.max);
+        assert_eq!(
+            u.gone_window(&GoneWindow {
+                max: 3 * 86_400,
+                ..w
+            }),
+            42 * 3600
+        );
     }
 
     #[test]

@@ -53,10 +53,15 @@ impl Policy {
     }
 }
 
-/// Halfway between k and n, rounded up: 13 for 10 of 16, 3 for 2 of 4.
-/// ARCHITECTURE.md ("Maintenance") gives the simulator's figures behind it.
+/// Two thirds of the way from k to n, rounded up, but below n when n > k
+/// (a single absence never triggers a repair): 14 for 10 of 16, 7 for 4 of
+/// 8, 3 for 2 of 4. ARCHITECTURE.md ("Maintenance") gives the simulator's
+/// figures behind it.
 pub fn default_threshold(k: u32, n: u32) -> u32 {
-    k + n.saturating_sub(k).div_ceil(2)
+    let spare = n.saturating_sub(k);
+    (k + (2 * spare).div_ceil(3))
+        .min(n.saturating_sub(1))
+        .max(k)
 }
 
 /// How a fragment's holder stands.
@@ -183,19 +188,18 @@ mod tests {
     #[test]
     fn repair_waits_for_the_threshold() {
         let p = Policy::new(10, 16);
-        assert_eq!(p.r, 13);
+        assert_eq!(p.r, 14);
         let mut s = vec![Up; 16];
         assert!(plan(&frags(&s), &p).is_empty());
-        // Three away past their windows: 13 still count, nothing to do.
+        // Two away past their windows: 14 still count, nothing to do.
         s[0] = Gone;
         s[1] = Gone;
-        s[2] = Gone;
         s[3] = Away;
         assert!(plan(&frags(&s), &p).is_empty());
-        // A fourth: 12 count, rebuild to 16; the gone ones stay as spares.
-        s[4] = Gone;
+        // A third: 13 count, rebuild to 16; the gone ones stay as spares.
+        s[2] = Gone;
         let pl = plan(&frags(&s), &p);
-        assert_eq!(pl.rebuild, 4);
+        assert_eq!(pl.rebuild, 3);
         assert!(pl.drop.is_empty());
     }
 
@@ -262,6 +266,9 @@ mod tests {
         assert_eq!(pl.drop, vec![0, 3]);
         assert!(pl.release.is_empty());
         assert_eq!(default_threshold(2, 4), 3);
+        assert_eq!(default_threshold(10, 16), 14);
+        assert_eq!(default_threshold(4, 8), 7);
+        assert_eq!(default_threshold(3, 3), 3);
         assert!(Policy { r: 5, ..p }.validate().is_err());
     }
 }

@@ -85,7 +85,7 @@ pub struct SimConfig {
     pub objects: u32,
     pub k: u32,
     pub n: u32,
-    /// Repair threshold (default: halfway between k and n).
+    /// Repair threshold (default: two thirds of the way from k to n).
     pub r: Option<u32>,
     pub window: GoneWindow,
     /// Counting fragments kept beyond n before releasing the surplus
