@@ -180,7 +180,7 @@ fn show(
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("report.json"), &json)?;
-        std::fs::write(dir.join("report.svg"), sim::plot::svg(&report))?;
+        std::fs::write(dir.join("report.svg"), sim::plot::svg(report))?;
     }
     if args.json {
         println!("{json}");

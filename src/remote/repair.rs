@@ -140,25 +140,7 @@ impl Remote {
             let started = Instant::now();
             match self.repair_one(id, p, &plan, &extra).await {
                 Ok((bytes, targets)) => {
-                    if !plan.is_empty() {
-                        self.record(RepairRecord {
-                            time: now,
-                            object: *id,
-                            rebuilt: plan.rebuild,
-                            dropped: plan.drop.len() as u32,
-                            targets,
-                        });
-                    }
-                    self.state().repair_bytes += bytes;
-                    if plan.rebuild > 0 {
-                        self.state().rebuilt += plan.rebuild as u64;
-                        self.state().repaired += 1;
-                        tracing::info!(object = %id, "rebuilt {} fragments", plan.rebuild);
-                    }
-                    if !extra.is_empty() {
-                        self.state().spread += 1;
-                        tracing::info!(object = %id, "moved {} fragments off crowded holders", extra.len());
-                    }
+                    self.note_repaired(id, &plan, extra.len(), bytes, targets, now);
                     // Average the repair traffic down to the limit.
                     let min =
                         Duration::from_secs_f64(bytes as f64 / self.cfg.repair_rate.max(1) as f64);
@@ -180,12 +162,40 @@ impl Remote {
             .retain(|(p, id)| named.contains(&(p, id)));
     }
 
-    fn record(&self, r: RepairRecord) {
-        if self.cfg.record_repairs {
+    /// Counts a repair carried out (and records it, if asked): `plan`
+    /// for object `id`, `moved` crowded fragments, `bytes` transferred,
+    /// the rebuilt fragments on `targets`.
+    fn note_repaired(
+        &self,
+        id: &ObjectId,
+        plan: &Plan,
+        moved: usize,
+        bytes: u64,
+        targets: Vec<Vec<u8>>,
+        now: u64,
+    ) {
+        if !plan.is_empty() && self.cfg.record_repairs {
             let mut log = self.repair_log.lock().unwrap_or_else(|p| p.into_inner());
             if log.len() < MAX_RECORDS {
-                log.push(r);
+                log.push(RepairRecord {
+                    time: now,
+                    object: *id,
+                    rebuilt: plan.rebuild,
+                    dropped: plan.drop.len() as u32,
+                    targets,
+                });
             }
+        }
+        let mut st = self.state();
+        st.repair_bytes += bytes;
+        if plan.rebuild > 0 {
+            st.rebuilt += plan.rebuild as u64;
+            st.repaired += 1;
+            tracing::info!(object = %id, "rebuilt {} fragments", plan.rebuild);
+        }
+        if moved > 0 {
+            st.spread += 1;
+            tracing::info!(object = %id, "moved {moved} fragments off crowded holders");
         }
     }
 
