@@ -109,6 +109,12 @@ impl Uptime {
         if self.up + self.down < SETTLED {
             return w.unknown.clamp(w.min, w.max);
         }
+        self.settled_window(w)
+    }
+
+    /// The window once the history is long enough: twice the longest
+    /// recent absence, within the bounds.
+    fn settled_window(&self, w: &GoneWindow) -> u64 {
         let longest = self.absences.iter().copied().max().unwrap_or(0);
         longest.saturating_mul(2).clamp(w.min, w.max)
     }
@@ -120,11 +126,7 @@ impl Uptime {
     pub fn watch_until_gone(&self, w: &GoneWindow) -> u64 {
         let total = self.up + self.down;
         let past = |window: u64| (window + 1).saturating_sub(self.away);
-        let settled = {
-            let mut s = self.clone();
-            s.up = s.up.max(SETTLED);
-            s.gone_window(w)
-        };
+        let settled = self.settled_window(w);
         if total >= SETTLED {
             return past(settled);
         }

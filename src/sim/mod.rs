@@ -305,10 +305,15 @@ impl DecisionMatch {
 pub fn compare_decisions(a: &[Decision], b: &[Decision], tolerance: u64) -> DecisionMatch {
     let mut out = DecisionMatch::default();
     let mut used = vec![false; b.len()];
+    let mut by_object: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, e) in b.iter().enumerate() {
+        by_object.entry(e.object).or_default().push(i);
+    }
     for d in a {
-        let found = b.iter().enumerate().position(|(i, e)| {
+        let candidates = by_object.get(&d.object).map_or(&[][..], |v| &v[..]);
+        let found = candidates.iter().copied().find(|&i| {
+            let e = &b[i];
             !used[i]
-                && e.object == d.object
                 && e.rebuilt == d.rebuilt
                 && e.dropped == d.dropped
                 && e.time.abs_diff(d.time) <= tolerance

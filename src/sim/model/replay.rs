@@ -192,3 +192,56 @@ impl Sim {
         ok.then_some(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trace that does not fit itself is refused with the reason.
+    #[test]
+    fn a_malformed_trace_is_refused() {
+        let cfg = SimConfig {
+            k: 2,
+            n: 4,
+            ..SimConfig::real_default()
+        };
+        let good = Trace {
+            nodes: 8,
+            placements: vec![vec![(0, 0), (1, 1), (2, 2), (3, 3)]],
+            events: vec![TraceEvent {
+                time: 600,
+                node: 1,
+                change: Change::Down,
+            }],
+        };
+        let r = replay(&cfg, &good, &[]).unwrap();
+        assert_eq!(r.config.nodes, 8);
+        assert!(r.replay.unwrap().same());
+        let mut bad = good.clone();
+        bad.placements[0][1].0 = u32::MAX;
+        assert!(replay(&cfg, &bad, &[])
+            .unwrap_err()
+            .contains("out of range"));
+        let mut bad = good.clone();
+        bad.events.insert(
+            0,
+            TraceEvent {
+                time: 900,
+                ..bad.events[0]
+            },
+        );
+        assert!(replay(&cfg, &bad, &[]).unwrap_err().contains("time order"));
+        let mut bad = good.clone();
+        bad.events[0].node = 8;
+        assert!(replay(&cfg, &bad, &[])
+            .unwrap_err()
+            .contains("out of range"));
+        let bad = Trace {
+            placements: vec![vec![(0, 0)]],
+            ..good
+        };
+        assert!(replay(&cfg, &bad, &[])
+            .unwrap_err()
+            .contains("fewer than k"));
+    }
+}

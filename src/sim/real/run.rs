@@ -177,12 +177,7 @@ impl World {
             let frags = p
                 .fragments
                 .iter()
-                .map(|f| {
-                    (
-                        self.slot_of.get(&f.peer).copied().unwrap_or(u32::MAX),
-                        f.index,
-                    )
-                })
+                .map(|f| (self.slot(&f.peer), f.index))
                 .collect();
             self.trace.placements.push(frags);
         }
@@ -201,13 +196,15 @@ impl World {
                 object,
                 rebuilt: r.rebuilt,
                 dropped: r.dropped,
-                targets: r
-                    .targets
-                    .iter()
-                    .map(|p| self.slot_of.get(p).copied().unwrap_or(u32::MAX))
-                    .collect(),
+                targets: r.targets.iter().map(|p| self.slot(p)).collect(),
             });
         }
+    }
+
+    /// The slot of the node with this peer id (`u32::MAX`, which a replay
+    /// refuses, for one that never ran here).
+    fn slot(&self, peer: &[u8]) -> u32 {
+        self.slot_of.get(peer).copied().unwrap_or(u32::MAX)
     }
 
     /// A session's length: up `hours` on average, down as long as the
@@ -265,18 +262,19 @@ impl World {
         Ok(changed)
     }
 
-    /// The owner's side of a step: mount or unmount by the schedule; while
-    /// mounted, count the holders' uptime and run a maintenance round.
+    /// The owner's side of a step, after its churn: unmount when the
+    /// online hours are over; while mounted, a maintenance round (the
+    /// mount and the uptime count start the step, in [`run`]).
     pub(super) fn owner(&mut self, t: u64, changed: bool) -> Result<(), String> {
-        match (self.online(t), self.mount.is_some()) {
-            (true, false) => self.mount()?,
-            (false, true) => return self.unmount(),
-            (false, false) => return Ok(()),
-            (true, true) if changed => self.settle(Duration::from_millis(500)),
-            (true, true) => {}
+        if !self.online(t) {
+            return self.unmount();
         }
-        let m = self.mount.as_ref().expect("mounted");
-        m.rt.block_on(m.remote.maintain());
+        if changed {
+            self.settle(Duration::from_millis(500));
+        }
+        if let Some(m) = &self.mount {
+            m.rt.block_on(m.remote.maintain());
+        }
         Ok(())
     }
 
