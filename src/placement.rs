@@ -198,6 +198,11 @@ pub fn choose_with<P: Clone>(
 /// The candidates (best first) reordered so domains take turns: the best
 /// of each domain, then the second best of each, and so on.
 fn by_domain_turns<'a, P>(sorted: &[&'a Candidate<P>]) -> Vec<&'a Candidate<P>> {
+    // Without domains every candidate is a group of its own: the order
+    // stays (the simulator's case, many times a second).
+    if sorted.iter().all(|c| c.domain.is_none()) {
+        return sorted.to_vec();
+    }
     let mut groups: Vec<(Option<Domain>, Vec<&'a Candidate<P>>)> = Vec::new();
     for c in sorted {
         match groups

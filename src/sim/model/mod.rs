@@ -89,6 +89,20 @@ struct Frag {
     epoch: u32,
 }
 
+/// What the owners' checks read of a node, for every fragment of every
+/// object they look at: kept apart from the rest of [`Node`] (a few
+/// hundred kilobytes for the whole population, which stay in the cache).
+#[derive(Clone, Copy, Debug)]
+struct Status {
+    up: bool,
+    departed: bool,
+    /// When the owners judge it gone (`u64::MAX` while up).
+    gone_at: u64,
+    epoch: u32,
+    /// The epoch the owners know of (they learn of a wipe when renewing).
+    known_epoch: u32,
+}
+
 struct Node {
     /// Its place in the population (a departed node's successor takes
     /// it): what traces and decisions name.
@@ -97,18 +111,12 @@ struct Node {
     subnet: u32,
     natural_up: bool,
     outages: u16,
-    departed: bool,
-    up: bool,
     since: u64,
     uptime: Uptime,
-    gone_at: u64,
     /// When the owners last saw it up (None: never).
     seen: Option<u64>,
     was_gone: bool,
     renewed_at: u64,
-    epoch: u32,
-    /// The epoch the owners know of (they learn of a wipe when renewing).
-    known_epoch: u32,
     leftover: u64,
     /// The leftovers by when their lease ends (in order): every fragment
     /// dropped between two renewals ends at once, so one event each.
@@ -139,6 +147,8 @@ struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     nodes: Vec<Node>,
+    /// Each node's [`Status`] (same index as `nodes`).
+    status: Vec<Status>,
     subnets: Vec<Vec<u32>>,
     objects: Vec<Obj>,
     busy_until: Vec<u64>,
@@ -230,6 +240,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes: Vec::new(),
+            status: Vec::new(),
             subnets: Vec::new(),
             objects: Vec::new(),
             busy_until: vec![0; OWNERS as usize],
@@ -277,7 +288,7 @@ impl Sim {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Flip(id) => {
-                if self.nodes[id as usize].departed {
+                if self.status[id as usize].departed {
                     return;
                 }
                 let n = &mut self.nodes[id as usize];
@@ -289,8 +300,8 @@ impl Sim {
             Ev::OutageStart(s) => self.outage_start(s),
             Ev::OutageEnd(s) => self.outage_end(s),
             Ev::Gone(id, token) => {
-                let n = &self.nodes[id as usize];
-                if n.up || n.gone_at != token {
+                let s = &self.status[id as usize];
+                if s.up || s.gone_at != token {
                     return;
                 }
                 self.nodes[id as usize].was_gone = true;
@@ -300,10 +311,11 @@ impl Sim {
             }
             Ev::Expire(id) => self.expire(id),
             Ev::Leftover(id, epoch) => {
-                let n = &mut self.nodes[id as usize];
-                if n.departed || n.epoch != epoch {
+                let s = self.status[id as usize];
+                if s.departed || s.epoch != epoch {
                     return;
                 }
+                let n = &mut self.nodes[id as usize];
                 let mut ended = 0;
                 while n.left.front().is_some_and(|(until, _)| *until <= self.now) {
                     ended += n.left.pop_front().map_or(0, |(_, b)| b);
@@ -351,8 +363,8 @@ impl Sim {
     /// The owners mount: every holder renewed long enough ago is renewed.
     fn owner_on(&mut self) {
         for id in 0..self.nodes.len() as u32 {
-            let n = &self.nodes[id as usize];
-            if n.up && !n.departed && self.now >= n.renewed_at + MOUNT_RENEW_AGE {
+            let (n, s) = (&self.nodes[id as usize], &self.status[id as usize]);
+            if s.up && !s.departed && self.now >= n.renewed_at + MOUNT_RENEW_AGE {
                 self.renew(id);
             }
         }
@@ -365,8 +377,8 @@ impl Sim {
     fn renew_tick(&mut self) {
         if self.sched.is_online(self.now) {
             for id in 0..self.nodes.len() as u32 {
-                let n = &self.nodes[id as usize];
-                if n.up && !n.departed && self.now >= n.renewed_at + self.lease / 3 {
+                let (n, s) = (&self.nodes[id as usize], &self.status[id as usize]);
+                if s.up && !s.departed && self.now >= n.renewed_at + self.lease / 3 {
                     self.renew(id);
                 }
             }

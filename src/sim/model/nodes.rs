@@ -8,7 +8,7 @@ use crate::maint::Uptime;
 
 use crate::placement::{self, Candidate};
 
-use super::{exp, Ev, Frag, Node, Obj, Sim, DAY, HOUR};
+use super::{exp, Ev, Frag, Node, Obj, Sim, Status, DAY, HOUR};
 
 impl Sim {
     fn class(&self, node: u32) -> &crate::sim::NodeClass {
@@ -28,21 +28,23 @@ impl Sim {
             subnet,
             natural_up: up,
             outages: 0,
-            departed: false,
-            up,
             since: self.now,
             uptime: Uptime::default(),
-            gone_at: u64::MAX,
             seen: None,
             was_gone: false,
             renewed_at: self.now,
-            epoch: 0,
-            known_epoch: 0,
             leftover: 0,
             left: Default::default(),
             expire_queued: false,
             used: 0,
             objects: Vec::new(),
+        });
+        self.status.push(Status {
+            up,
+            departed: false,
+            gone_at: u64::MAX,
+            epoch: 0,
+            known_epoch: 0,
         });
         self.subnets[subnet as usize].push(id);
         if let Some(r) = &mut self.replay {
@@ -103,7 +105,7 @@ impl Sim {
         }
         // Every object is uploaded at the start onto nodes that are up.
         let up: Vec<u32> = (0..self.nodes.len() as u32)
-            .filter(|i| self.nodes[*i as usize].up)
+            .filter(|i| self.status[*i as usize].up)
             .collect();
         for o in 0..self.cfg.objects {
             let chosen = self.pick(&up, &[], self.cfg.n as usize).unwrap_or_default();
@@ -188,9 +190,9 @@ impl Sim {
 
     /// Applies a node's effective state (natural, outages, departure).
     pub(super) fn refresh(&mut self, id: u32) {
-        let n = &self.nodes[id as usize];
-        let up = n.natural_up && n.outages == 0 && !n.departed;
-        if up == n.up {
+        let (n, s) = (&self.nodes[id as usize], self.status[id as usize]);
+        let up = n.natural_up && n.outages == 0 && !s.departed;
+        if up == s.up {
             return;
         }
         let watched = self.sched.online_between(n.since, self.now);
@@ -199,15 +201,15 @@ impl Sim {
         // The owners learn only what they watch: a node that was up only
         // while they were offline is still on the same absence.
         if watched > 0 {
-            n.uptime.watched(n.up, watched);
+            n.uptime.watched(s.up, watched);
         }
-        n.up = up;
+        self.status[id as usize].up = up;
         let up_since = std::mem::replace(&mut n.since, self.now);
         if up {
             if online {
                 n.uptime.watched(true, 0);
             }
-            n.gone_at = u64::MAX;
+            self.status[id as usize].gone_at = u64::MAX;
             if std::mem::take(&mut n.was_gone) {
                 // Its fragments count again: the owners see it at their
                 // next pass.
@@ -246,16 +248,16 @@ impl Sim {
             .sched
             .advance(by_watch.min(by_wall).max(self.now), self.grace);
         self.nodes[id as usize].seen = seen;
-        self.nodes[id as usize].gone_at = t;
+        self.status[id as usize].gone_at = t;
         self.at(t, Ev::Gone(id, t));
     }
 
     pub(super) fn depart(&mut self, id: u32) {
-        if self.nodes[id as usize].departed {
+        if self.status[id as usize].departed {
             return;
         }
         self.departures += 1;
-        self.nodes[id as usize].departed = true;
+        self.status[id as usize].departed = true;
         self.refresh(id);
         self.nodes[id as usize].left.clear();
         let left = std::mem::take(&mut self.nodes[id as usize].leftover);
@@ -273,7 +275,7 @@ impl Sim {
     pub(super) fn expire(&mut self, id: u32) {
         let n = &mut self.nodes[id as usize];
         n.expire_queued = false;
-        if n.departed {
+        if self.status[id as usize].departed {
             return;
         }
         let end = n.renewed_at + self.lease;
@@ -282,7 +284,7 @@ impl Sim {
             self.at(end, Ev::Expire(id));
             return;
         }
-        let epoch = n.epoch;
+        let epoch = self.status[id as usize].epoch;
         let objs = self.pruned_objects_of(id);
         let mut count = 0;
         for &o in &objs {
@@ -295,7 +297,7 @@ impl Sim {
         self.expiries += count;
         self.wipes += (count > 0) as u64;
         let n = &mut self.nodes[id as usize];
-        n.epoch += 1;
+        self.status[id as usize].epoch += 1;
         n.used = 0;
         n.left.clear();
         let left = std::mem::take(&mut n.leftover);
@@ -308,8 +310,9 @@ impl Sim {
     pub(super) fn renew(&mut self, id: u32) {
         let n = &mut self.nodes[id as usize];
         n.renewed_at = self.now;
-        let learned = n.known_epoch != n.epoch;
-        n.known_epoch = n.epoch;
+        let s = &mut self.status[id as usize];
+        let learned = s.known_epoch != s.epoch;
+        s.known_epoch = s.epoch;
         if !std::mem::replace(&mut n.expire_queued, true) {
             self.at(self.now + self.lease, Ev::Expire(id));
         }
@@ -322,7 +325,7 @@ impl Sim {
     }
 
     pub(super) fn alive(&self, f: &Frag) -> bool {
-        let n = &self.nodes[f.node as usize];
-        !n.departed && n.epoch == f.epoch
+        let s = &self.status[f.node as usize];
+        !s.departed && s.epoch == f.epoch
     }
 }

@@ -7,6 +7,9 @@ use crate::maint::{policy, Holder};
 
 use super::{exp, Ev, Frag, Sim, HOUR, OWNERS};
 
+/// Batches of marked objects at least this large are checked in parallel.
+const PARALLEL_BATCH: usize = 512;
+
 impl Sim {
     /// The objects with a fragment on `id`, perhaps with a few stale or
     /// repeated entries (callers look at each object's own fragments);
@@ -37,12 +40,12 @@ impl Sim {
 
     /// How the owners see a fragment's holder now.
     fn holder(&self, f: &Frag) -> Holder {
-        let n = &self.nodes[f.node as usize];
-        if n.known_epoch != f.epoch {
+        let s = &self.status[f.node as usize];
+        if s.known_epoch != f.epoch {
             Holder::Failed
-        } else if n.up {
+        } else if s.up {
             Holder::Up
-        } else if self.now >= n.gone_at {
+        } else if self.now >= s.gone_at {
             Holder::Gone
         } else {
             Holder::Away
@@ -53,7 +56,7 @@ impl Sim {
         let obj = &self.objects[o as usize];
         obj.frags
             .iter()
-            .filter(|f| self.alive(f) && self.nodes[f.node as usize].up)
+            .filter(|f| self.alive(f) && self.status[f.node as usize].up)
             .count()
             >= self.cfg.k as usize
     }
@@ -90,14 +93,45 @@ impl Sim {
         }
     }
 
-    /// The owners' pass over the marked objects, in the order they were
-    /// marked.
+    /// The owners' pass over the marked objects, in the order of their
+    /// ids (as the daemon goes through its placements; in memory order,
+    /// which keeps a pass over many objects out of the cache misses that
+    /// bound the model's speed).
+    ///
+    /// Most marked objects need nothing (their plan is empty), and telling
+    /// which is most of the model's work: that check runs first for the
+    /// whole batch, on every core (it reads only the objects' holders,
+    /// which no evaluation changes), and only the others are evaluated, in
+    /// order. The result is the same as evaluating each in turn.
     pub(super) fn drain(&mut self) {
         self.drain_queued = false;
-        for o in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        let settled = if self.sched.is_online(self.now) {
+            self.settled_each(&dirty)
+        } else {
+            Vec::new()
+        };
+        for (i, o) in dirty.into_iter().enumerate() {
             self.is_dirty[o as usize] = false;
-            self.evaluate(o);
+            if settled.get(i) != Some(&true) {
+                self.evaluate(o);
+            }
         }
+    }
+
+    /// [`settled`](Self::settled) for each of `objects`, in parallel for
+    /// large batches.
+    fn settled_each(&self, objects: &[u32]) -> Vec<bool> {
+        use rayon::prelude::*;
+        if objects.len() < PARALLEL_BATCH {
+            return objects.iter().map(|o| self.settled(*o)).collect();
+        }
+        objects
+            .par_iter()
+            .with_min_len(PARALLEL_BATCH / 2)
+            .map(|o| self.settled(*o))
+            .collect()
     }
 
     /// Whether the plan for `o` would be empty (most passes over most
@@ -208,12 +242,12 @@ impl Sim {
             if !self.alive(&f) {
                 continue;
             }
-            let n = &self.nodes[f.node as usize];
-            if plan.release.contains(&i) && n.up {
+            let (n, s) = (&self.nodes[f.node as usize], &self.status[f.node as usize]);
+            if plan.release.contains(&i) && s.up {
                 continue; // cancelled at once
             }
             // Unrenewed from now on: it lives until the node's lease ends.
-            let (until, epoch) = ((n.renewed_at + self.lease).max(self.now), n.epoch);
+            let (until, epoch) = ((n.renewed_at + self.lease).max(self.now), s.epoch);
             let len = self.frag_len;
             let n = &mut self.nodes[f.node as usize];
             n.leftover += len;
@@ -241,7 +275,7 @@ impl Sim {
             frags.push(Frag {
                 node: *node,
                 index: obj.next_index,
-                epoch: self.nodes[*node as usize].epoch,
+                epoch: self.status[*node as usize].epoch,
             });
             obj.next_index += 1;
             self.nodes[*node as usize].objects.push(o);

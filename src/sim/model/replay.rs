@@ -186,8 +186,8 @@ impl Sim {
         q.pop_front();
         let ok = ids.len() == count as usize
             && ids.iter().all(|id| {
-                let n = &self.nodes[*id as usize];
-                n.up && !n.departed && !exclude.contains(id)
+                let s = &self.status[*id as usize];
+                s.up && !s.departed && !exclude.contains(id)
             });
         ok.then_some(ids)
     }

@@ -17,8 +17,8 @@ impl Sim {
                 break;
             }
             let id = self.rng.random_range(0..self.nodes.len()) as u32;
-            let n = &self.nodes[id as usize];
-            if n.up && !n.departed && !out.contains(&id) {
+            let s = &self.status[id as usize];
+            if s.up && !s.departed && !out.contains(&id) {
                 out.push(id);
             }
         }
@@ -36,7 +36,7 @@ impl Sim {
             for f in &self.objects[o].frags {
                 if self.alive(f) {
                     alive += 1;
-                    up += self.nodes[f.node as usize].up as u64;
+                    up += self.status[f.node as usize].up as u64;
                 }
             }
         }
