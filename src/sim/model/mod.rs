@@ -103,6 +103,14 @@ struct Status {
     known_epoch: u32,
 }
 
+impl Status {
+    /// Up and still part of the population: can be renewed, read from
+    /// and placed on.
+    fn reachable(&self) -> bool {
+        self.up && !self.departed
+    }
+}
+
 struct Node {
     /// Its place in the population (a departed node's successor takes
     /// it): what traces and decisions name.
@@ -364,7 +372,7 @@ impl Sim {
     fn owner_on(&mut self) {
         for id in 0..self.nodes.len() as u32 {
             let (n, s) = (&self.nodes[id as usize], &self.status[id as usize]);
-            if s.up && !s.departed && self.now >= n.renewed_at + MOUNT_RENEW_AGE {
+            if s.reachable() && self.now >= n.renewed_at + MOUNT_RENEW_AGE {
                 self.renew(id);
             }
         }
@@ -378,7 +386,7 @@ impl Sim {
         if self.sched.is_online(self.now) {
             for id in 0..self.nodes.len() as u32 {
                 let (n, s) = (&self.nodes[id as usize], &self.status[id as usize]);
-                if s.up && !s.departed && self.now >= n.renewed_at + self.lease / 3 {
+                if s.reachable() && self.now >= n.renewed_at + self.lease / 3 {
                     self.renew(id);
                 }
             }
@@ -399,5 +407,36 @@ impl Sim {
         }
         let step = ((self.cfg.sample_hours * HOUR as f64) as u64).max(60);
         self.at(self.now + step, Ev::Sample);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owners' pass checks large batches on every core: the answers
+    /// are the ones the check gives object by object, some settled and
+    /// some not.
+    #[test]
+    fn the_parallel_settled_check_gives_each_object_its_own_answer() {
+        let cfg = SimConfig {
+            nodes: 200,
+            objects: 4000,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(cfg);
+        sim.populate();
+        // One node in eight judged gone: objects with too many fragments
+        // there need work, the others do not.
+        for s in sim.status.iter_mut().step_by(8) {
+            s.up = false;
+            s.gone_at = 0;
+        }
+        let all: Vec<u32> = (0..sim.objects.len() as u32).collect();
+        assert!(all.len() >= 4 * repair::PARALLEL_BATCH);
+        let each: Vec<bool> = all.iter().map(|o| sim.settled(*o)).collect();
+        let batch = sim.settled_each(&all);
+        assert_eq!(batch, each);
+        assert!(each.contains(&true) && each.contains(&false));
     }
 }

@@ -8,7 +8,7 @@ use crate::maint::{policy, Holder};
 use super::{exp, Ev, Frag, Sim, HOUR, OWNERS};
 
 /// Batches of marked objects at least this large are checked in parallel.
-const PARALLEL_BATCH: usize = 512;
+pub(super) const PARALLEL_BATCH: usize = 512;
 
 impl Sim {
     /// The objects with a fragment on `id`, perhaps with a few stale or
@@ -120,13 +120,11 @@ impl Sim {
         }
     }
 
-    /// [`settled`](Self::settled) for each of `objects`, in parallel for
-    /// large batches.
-    fn settled_each(&self, objects: &[u32]) -> Vec<bool> {
+    /// [`settled`](Self::settled) for each of `objects`: split over the
+    /// cores in halves of at least `PARALLEL_BATCH / 2` (a smaller batch
+    /// stays on this thread).
+    pub(super) fn settled_each(&self, objects: &[u32]) -> Vec<bool> {
         use rayon::prelude::*;
-        if objects.len() < PARALLEL_BATCH {
-            return objects.iter().map(|o| self.settled(*o)).collect();
-        }
         objects
             .par_iter()
             .with_min_len(PARALLEL_BATCH / 2)
@@ -136,7 +134,7 @@ impl Sim {
 
     /// Whether the plan for `o` would be empty (most passes over most
     /// objects), without building it.
-    fn settled(&self, o: u32) -> bool {
+    pub(super) fn settled(&self, o: u32) -> bool {
         let mut t = policy::Tally::default();
         for f in &self.objects[o as usize].frags {
             t.add(self.holder(f));

@@ -185,10 +185,9 @@ impl Sim {
             .collect();
         q.pop_front();
         let ok = ids.len() == count as usize
-            && ids.iter().all(|id| {
-                let s = &self.status[*id as usize];
-                s.up && !s.departed && !exclude.contains(id)
-            });
+            && ids
+                .iter()
+                .all(|id| self.status[*id as usize].reachable() && !exclude.contains(id));
         ok.then_some(ids)
     }
 }

@@ -17,8 +17,7 @@ impl Sim {
                 break;
             }
             let id = self.rng.random_range(0..self.nodes.len()) as u32;
-            let s = &self.status[id as usize];
-            if s.up && !s.departed && !out.contains(&id) {
+            if self.status[id as usize].reachable() && !out.contains(&id) {
                 out.push(id);
             }
         }
