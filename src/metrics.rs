@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::net::NodeHandle;
+use crate::net::{Network, NodeHandle};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::daemon::{self};
+use crate::net::Network;
 use crate::units::human_bytes;
 
 use super::args::{parse_donation, NetArgs};

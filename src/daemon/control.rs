@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::net::NodeHandle;
+use crate::net::{Network, NodeHandle};
 use crate::remote::{Health, Remote, SyncProgress};
 use crate::vault::UploadBacklog;
 

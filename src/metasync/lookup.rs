@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::crypto::VaultKeys;
 use crate::net::proto::{Request, Response};
-use crate::net::NodeHandle;
+use crate::net::Network;
 use crate::root::{dht_key, RootRecord};
 use crate::vault::replica::RootPayload;
 
@@ -43,7 +43,7 @@ pub struct Lookup {
 
 /// Waits until a storage peer is connected (or `limit` passes); returns how
 /// many are.
-pub async fn wait_for_peers(node: &NodeHandle, limit: Duration) -> usize {
+pub async fn wait_for_peers(node: &dyn Network, limit: Duration) -> usize {
     let start = Instant::now();
     loop {
         let n = node.storage_peers().len();
@@ -74,19 +74,15 @@ pub fn check_root(keys: &VaultKeys, bytes: &[u8]) -> Result<FoundRoot, String> {
 /// Asks every connected storage peer and the DHT for the vault's root.
 /// When a connected peer already answered with a valid record, the DHT gets
 /// only a short grace: its queries can wait long on departed peers.
-pub async fn find_root(node: &NodeHandle, keys: &VaultKeys) -> Lookup {
+pub async fn find_root(node: &dyn Network, keys: &VaultKeys) -> Lookup {
     let key = dht_key(&keys.root_public());
     let started = Instant::now();
     let dht = node.dht_get(&key);
     let peers: Vec<_> = node.storage_peers().into_iter().map(|(p, _)| p).collect();
-    let asks =
-        peers.iter().map(|p| {
-            let node = node.clone();
-            let p = *p;
-            async move {
-                tokio::time::timeout(ASK_TIMEOUT, node.request(p, Request::RootGet { key })).await
-            }
-        });
+    let asks = peers.iter().map(|p| {
+        let ask = node.request(*p, Request::RootGet { key });
+        async move { tokio::time::timeout(ASK_TIMEOUT, ask).await }
+    });
     let direct = futures::future::join_all(asks).await;
     let mut look = Lookup {
         asked: peers.len(),

@@ -117,13 +117,12 @@ impl Remote {
             .map(|(p, _)| p)
             .collect();
         let puts = peers.iter().map(|p| {
-            let node = self.node.clone();
             let req = Request::RootPut {
                 key,
                 record: bytes.to_vec(),
             };
-            let p = *p;
-            async move { tokio::time::timeout(ASK_TIMEOUT, node.request(p, req)).await }
+            let put = self.node.request(*p, req);
+            async move { tokio::time::timeout(ASK_TIMEOUT, put).await }
         });
         let (answers, dht) = futures::join!(
             futures::future::join_all(puts),
@@ -202,7 +201,7 @@ impl Remote {
         let moved = refs_now
             .as_ref()
             .is_some_and(|r| refs_digest(r.iter()) != st.refs_digest);
-        let look = find_root(&self.node, self.vault.keys()).await;
+        let look = find_root(&*self.node, self.vault.keys()).await;
         // Is the network's root one this state includes (or our own)?
         let conflict = match self.verdict(&st, entries.is_empty(), &look)? {
             Verdict::Publish(conflict) => conflict,

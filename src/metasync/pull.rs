@@ -6,7 +6,7 @@ use futures::StreamExt;
 
 use super::FoundRoot;
 use crate::crypto::{ObjectId, VaultKeys};
-use crate::net::NodeHandle;
+use crate::net::Network;
 use crate::remote::fetch_object;
 use crate::vault::replica::{ChainRef, MetaObject, Pulled};
 
@@ -15,7 +15,7 @@ const FETCH_PARALLEL: usize = 4;
 
 /// Fetches, checks and opens one metadata object.
 async fn fetch_meta(
-    node: &NodeHandle,
+    node: &dyn Network,
     keys: &VaultKeys,
     r: &ChainRef,
 ) -> Result<(MetaObject, u64), String> {
@@ -41,7 +41,7 @@ pub struct PullProgress {
 /// Fetches the metadata a root names (the head, then the snapshot parts and
 /// segments, several at once).
 pub async fn pull(
-    node: &NodeHandle,
+    node: &dyn Network,
     keys: &VaultKeys,
     found: &FoundRoot,
     mut progress: impl FnMut(PullProgress),
@@ -98,7 +98,7 @@ pub async fn pull(
 /// Finds the vault on the network and imports its metadata into the (closed)
 /// vault store in `dir`; `device` keeps a device id. Returns the pull's size.
 pub async fn pull_into(
-    node: &NodeHandle,
+    node: &dyn Network,
     keys: &VaultKeys,
     found: &FoundRoot,
     dir: &std::path::Path,

@@ -327,36 +327,14 @@ impl Driver {
                         _ => book.note_seen(peer_id, self.shared.clock.now()),
                     }
                 }
-                let first = {
-                    let mut peers = self.peers();
-                    let p = peers.entry(peer_id).or_insert_with(PeerInfo::new);
-                    p.connections += 1;
-                    p.last_seen = Instant::now();
-                    // Where we dialed it says where it is; where it came
-                    // from, only until then.
-                    let seen = super::limits::ip_of(endpoint.get_remote_address());
-                    if endpoint.is_dialer() || p.addr.is_none() {
-                        p.addr = seen.or(p.addr);
-                    }
-                    p.connections == 1
-                };
+                let ip = super::limits::ip_of(endpoint.get_remote_address());
+                let first = self.shared.connected(peer_id, ip, endpoint.is_dialer());
                 if first {
                     tracing::debug!(%peer_id, remote = %endpoint.get_remote_address(), dialer = endpoint.is_dialer(), "connected");
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                let gone = {
-                    let mut peers = self.peers();
-                    peers.get_mut(&peer_id).is_some_and(|p| {
-                        p.connections = p.connections.saturating_sub(1);
-                        p.last_seen = Instant::now();
-                        p.connections == 0
-                    })
-                };
-                if gone {
-                    // Its requests still in flight keep their permits.
-                    self.shared.gates().remove(&peer_id);
-                }
+                self.shared.disconnected(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "dial failed: {error}");

@@ -13,14 +13,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::proto::{Capacity, Request, Response};
 use crate::fragstore::{FragmentStore, RootOutcome};
-use crate::maint::{Clock, Uptime};
 
 use super::driver::{collect_expired, keep_book};
 use super::serve::{INBOUND_QUEUE, INBOUND_WORKERS};
 use super::swarm::{build_swarm, default_listen, load_identity, restore};
 use super::{
-    addrbook, codec, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, PeerInfo,
-    Shared, COMMAND_QUEUE, DIAL_AT_START,
+    addrbook, codec, Command, Driver, NetError, NodeConfig, NodeCounters, NodeHandle, Shared,
+    COMMAND_QUEUE, DIAL_AT_START,
 };
 
 impl NodeHandle {
@@ -105,10 +104,6 @@ impl NodeHandle {
         Ok(handle)
     }
 
-    pub fn peer_id(&self) -> PeerId {
-        self.shared.peer_id
-    }
-
     /// Addresses others can dial, with the `/p2p/ID` suffix.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.shared.listen.borrow().clone()
@@ -122,7 +117,7 @@ impl NodeHandle {
     /// if the queue is full, a task (or, outside the runtime, this thread)
     /// waits for room. Only local callers use this; work that the network
     /// starts waits for room on its own blocking thread.
-    fn command(&self, cmd: Command) {
+    pub(super) fn command(&self, cmd: Command) {
         match self.cmd.try_send(cmd) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(cmd)) => {
@@ -139,23 +134,9 @@ impl NodeHandle {
         }
     }
 
-    /// Starts reaching `peer` if it is not connected: its known addresses,
-    /// else a DHT lookup of its id (a holder after a restart).
-    pub fn find_peer(&self, peer: PeerId) {
-        if !self.is_connected(&peer) {
-            self.command(Command::Find(peer));
-        }
-    }
-
-    /// Looks for more peers now (new nodes are otherwise found within a
-    /// capacity tick, 15 s).
-    pub fn look_for_peers(&self) {
-        self.command(Command::Bootstrap);
-    }
-
     /// Peers in the address book, and how many of them are not connected.
     pub fn known_peers(&self) -> (u64, u64) {
-        let peers = self.peers();
+        let peers = self.shared.peer_table();
         let book = self.shared.book();
         let away = book
             .entries()
@@ -164,21 +145,10 @@ impl NodeHandle {
         (book.len() as u64, away as u64)
     }
 
-    /// How `peer` has behaved while this node watched (see
-    /// [`crate::maint::history`]), if it is in the address book.
-    pub fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
-        self.shared.book().uptime(peer).cloned()
-    }
-
     /// Counts each known peer's uptime now (the node also does every
     /// `book_every`); the simulator calls it after each step of its clock.
     pub fn observe_peers(&self) {
         super::driver::observe_connected(&self.shared);
-    }
-
-    /// The clock this node ages leases and uptime by.
-    pub fn clock(&self) -> Arc<dyn Clock> {
-        self.shared.clock.clone()
     }
 
     /// Stops the node; the address book is written first (the runtime may
@@ -192,7 +162,11 @@ impl NodeHandle {
 
     /// Sends a request and waits for the answer (the protocol's own timeout
     /// is 60 s; wrap in a shorter one where latency matters).
-    pub async fn request(&self, peer: PeerId, req: Request) -> Result<Response, NetError> {
+    pub(super) async fn send_request(
+        &self,
+        peer: PeerId,
+        req: Request,
+    ) -> Result<Response, NetError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request {
@@ -205,76 +179,8 @@ impl NodeHandle {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
-    /// A snapshot of the peer table.
-    pub fn peers(&self) -> HashMap<PeerId, PeerInfo> {
-        self.shared
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Connected peers that store fragments.
-    pub fn storage_peers(&self) -> Vec<(PeerId, PeerInfo)> {
-        self.peers()
-            .into_iter()
-            .filter(|(_, p)| p.connected() && p.storage)
-            .collect()
-    }
-
-    pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.shared
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
-            .is_some_and(|p| p.connected())
-    }
-
-    /// Notes a peer that returned bad data or failed; placement and reads
-    /// prefer peers with fewer strikes.
-    pub fn strike(&self, peer: &PeerId, why: &str) {
-        tracing::warn!(%peer, "bad peer: {why}");
-        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
-        let p = peers.entry(*peer).or_insert_with(PeerInfo::new);
-        p.strikes += 1;
-        p.last_strike = Some(why.chars().take(200).collect());
-    }
-
-    /// Updates what we believe a peer has free (after a PUT or a refusal).
-    pub fn note_capacity(&self, peer: &PeerId, f: impl FnOnce(&mut Capacity)) {
-        let mut peers = self.shared.peers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = peers.get_mut(peer).and_then(|p| p.capacity.as_mut()) {
-            f(c);
-        }
-    }
-
     pub fn capacity(&self) -> Capacity {
         self.shared.frags.capacity()
-    }
-
-    /// Records that this node's vault stored `bytes` more on `peer`.
-    pub fn add_credit(&self, peer: &PeerId, bytes: u64) {
-        let mut c = self
-            .shared
-            .credits
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        *c.entry(*peer).or_default() += bytes;
-    }
-
-    /// Takes back all credit of a peer caught lying about what it stores
-    /// (a lost fragment it had acknowledged, a failed audit, corrupt data):
-    /// from now on it may store here only within the grace, as a stranger.
-    pub fn forfeit_credit(&self, peer: &PeerId) {
-        let mut c = self
-            .shared
-            .credits
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if c.remove(peer).is_some() {
-            tracing::warn!(%peer, "took back the credit of a peer caught lying");
-        }
     }
 
     pub fn fragment_count(&self) -> u64 {
@@ -308,7 +214,11 @@ impl NodeHandle {
     }
 
     /// Keeps a root record on this node (checked like any peer's).
-    pub fn keep_root(&self, key: &[u8; 32], record: &[u8]) -> Result<RootOutcome, String> {
+    pub(super) fn keep_own_root(
+        &self,
+        key: &[u8; 32],
+        record: &[u8],
+    ) -> Result<RootOutcome, String> {
         let out = self
             .shared
             .frags
@@ -323,7 +233,7 @@ impl NodeHandle {
 
     /// Publishes a root record in the DHT (the peers closest to its key
     /// keep it). Only valid records leave (or enter this node's store).
-    pub async fn dht_put(&self, key: &[u8; 32], value: Vec<u8>) -> Result<(), String> {
+    pub(super) async fn kad_put(&self, key: &[u8; 32], value: Vec<u8>) -> Result<(), String> {
         crate::root::RootRecord::check(&value, key).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         let mut record = kad::Record::new(kad::RecordKey::new(key), value);
@@ -337,7 +247,10 @@ impl NodeHandle {
 
     /// Every copy of a record the DHT returns for `key` (unchecked). The
     /// query starts at once; the future yields when it ends.
-    pub fn dht_get(&self, key: &[u8; 32]) -> impl std::future::Future<Output = Vec<Vec<u8>>> {
+    pub(super) fn kad_get(
+        &self,
+        key: &[u8; 32],
+    ) -> impl std::future::Future<Output = Vec<Vec<u8>>> {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::KadGet {
             key: kad::RecordKey::new(key),

@@ -19,11 +19,13 @@ mod codec;
 mod driver;
 mod handle;
 mod limits;
+mod network;
 pub mod proto;
 mod serve;
 mod swarm;
 
 pub use limits::ConnLimits;
+pub use network::Network;
 pub use swarm::default_listen;
 
 use std::collections::HashMap;

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::coder::{Decoder, FragmentId, Layout};
 use crate::crypto::ObjectId;
 use crate::net::proto::{Request, Response};
-use crate::net::{NetError, NodeHandle, PeerId};
+use crate::net::{NetError, Network, PeerId};
 use crate::vault::records::{FragmentLoc, Placement};
 use crate::vault::{FetchDone, Fetcher};
 
@@ -24,7 +24,7 @@ const HEDGE_AFTER: Duration = Duration::from_millis(400);
 /// the runtime (no thread waits for the network) and hands its result to
 /// the vault on the blocking pool.
 pub(super) struct NetFetcher {
-    node: NodeHandle,
+    node: std::sync::Arc<dyn Network>,
     rt: tokio::runtime::Handle,
     /// How long a read waits for holders to be found.
     wait: Duration,
@@ -32,7 +32,7 @@ pub(super) struct NetFetcher {
 
 impl NetFetcher {
     /// A fetcher that runs its fetches on the current runtime.
-    pub(super) fn new(node: NodeHandle, wait: Duration) -> Self {
+    pub(super) fn new(node: std::sync::Arc<dyn Network>, wait: Duration) -> Self {
         NetFetcher {
             node,
             rt: tokio::runtime::Handle::current(),
@@ -46,7 +46,7 @@ impl Fetcher for NetFetcher {
         let wait = if patient { self.wait } else { Duration::ZERO };
         let (node, id, placement) = (self.node.clone(), *id, placement.clone());
         self.rt.spawn(async move {
-            let r = fetch_object(&node, &id, &placement, wait).await;
+            let r = fetch_object(&*node, &id, &placement, wait).await;
             tokio::task::spawn_blocking(move || done(r));
         });
     }
@@ -68,7 +68,7 @@ type FetchOne = futures::future::BoxFuture<
 
 /// Asks the next holder in `queue` for its fragment; false if none is left.
 fn launch(
-    node: &NodeHandle,
+    node: &dyn Network,
     inflight: &mut FuturesUnordered<FetchOne>,
     queue: &mut std::collections::VecDeque<(FragmentId, PeerId)>,
 ) -> bool {
@@ -76,11 +76,10 @@ fn launch(
     let Some((fid, peer)) = queue.pop_front() else {
         return false;
     };
-    let node = node.clone();
+    let get = node.request(peer, Request::Get { id: fid });
     inflight.push(
         async move {
-            let r = tokio::time::timeout(GET_TIMEOUT, node.request(peer, Request::Get { id: fid }))
-                .await;
+            let r = tokio::time::timeout(GET_TIMEOUT, get).await;
             (fid, peer, r)
         }
         .boxed(),
@@ -94,7 +93,7 @@ fn launch(
 /// unreachable ones are tried again until `wait` has passed (right after a
 /// start, holders are still being found).
 pub async fn fetch_object(
-    node: &NodeHandle,
+    node: &dyn Network,
     id: &ObjectId,
     placement: &Placement,
     wait: Duration,
@@ -176,7 +175,7 @@ pub async fn fetch_object(
 /// The holders to ask, best first: connected, fewer strikes, source
 /// fragments, lower round-trip time.
 fn holders_in_order(
-    node: &NodeHandle,
+    node: &dyn Network,
     placement: &Placement,
 ) -> std::collections::VecDeque<(FragmentId, PeerId)> {
     let peers = node.peers();
@@ -217,7 +216,7 @@ impl Gathered {
     /// for another try if `may_wait()`.
     fn take(
         &mut self,
-        node: &NodeHandle,
+        node: &dyn Network,
         fid: FragmentId,
         peer: PeerId,
         r: Result<Result<Response, NetError>, tokio::time::error::Elapsed>,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::coder::{self, FragmentId};
 use crate::crypto::ObjectId;
 use crate::maint::{self, Clock, GoneWindow, Policy};
-use crate::net::{NodeHandle, PeerId};
+use crate::net::{Network, PeerId};
 use crate::vault::Vault;
 use fetch::NetFetcher;
 
@@ -112,7 +112,7 @@ pub struct MetaStatus {
 /// The network side of a mounted vault.
 pub struct Remote {
     pub(crate) vault: Arc<Vault>,
-    pub(crate) node: NodeHandle,
+    pub(crate) node: Arc<dyn Network>,
     pub(crate) k: u32,
     pub(crate) n: u32,
     /// The vault's Argon2 parameters (recorded in its root record).
@@ -211,12 +211,13 @@ fn peer_bytes(p: &PeerId) -> Vec<u8> {
 impl Remote {
     /// Connects a vault to a running node: reads can now fetch from peers
     /// and the uploader starts on the current runtime.
-    pub fn start(vault: Arc<Vault>, node: NodeHandle, k: u32, n: u32) -> Arc<Remote> {
+    pub fn start(vault: Arc<Vault>, node: impl Network, k: u32, n: u32) -> Arc<Remote> {
         Self::start_with(vault, node, RemoteConfig::new(k, n))
     }
 
     /// Like [`start`](Self::start), with leases and repair tuned.
-    pub fn start_with(vault: Arc<Vault>, node: NodeHandle, cfg: RemoteConfig) -> Arc<Remote> {
+    pub fn start_with(vault: Arc<Vault>, node: impl Network, cfg: RemoteConfig) -> Arc<Remote> {
+        let node: Arc<dyn Network> = Arc::new(node);
         let RemoteConfig {
             k, n, lease_secs, ..
         } = cfg;
@@ -281,8 +282,8 @@ impl Remote {
         self.wake.notify_one();
     }
 
-    pub fn node(&self) -> &NodeHandle {
-        &self.node
+    pub fn node(&self) -> &dyn Network {
+        &*self.node
     }
 
     /// What the uploader is doing now.

@@ -395,7 +395,7 @@ impl Remote {
         let object = match local {
             Some(b) => b,
             // Repair does not wait for holders: the next pass retries.
-            None => fetch_object(&self.node, id, old, Duration::ZERO).await?,
+            None => fetch_object(&*self.node, id, old, Duration::ZERO).await?,
         };
         let mut moved = object.len() as u64;
         let k = old.k;

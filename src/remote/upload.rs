@@ -204,8 +204,9 @@ impl Remote {
                     let len = data.len() as u64;
                     self.state().stored_bytes += len;
                     self.node.add_credit(&peer, len);
-                    self.node
-                        .note_capacity(&peer, |c| c.available = c.available.saturating_sub(len));
+                    self.node.note_capacity(&peer, &mut |c| {
+                        c.available = c.available.saturating_sub(len)
+                    });
                     return Ok(FragmentLoc {
                         index: frag.index,
                         id: frag.id,
@@ -217,7 +218,7 @@ impl Remote {
                     last = format!("peer {peer} was too busy to store a fragment");
                 }
                 Ok(Ok(Response::Refused(why))) => {
-                    self.node.note_capacity(&peer, |c| c.available = 0);
+                    self.node.note_capacity(&peer, &mut |c| c.available = 0);
                     last = format!("peer {peer} refused a fragment: {why}");
                     self.state().last_refusal = Some(last.clone());
                 }

@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use super::{exp, poisson99, wilson99, Change, DayPoint, Decision, Report, SimConfig, Trace};
 use crate::crypto::{ObjectId, VaultKeys};
 use crate::maint::{Clock, SimClock};
-use crate::net::{split_peer_addr, Multiaddr, NodeConfig, NodeHandle};
+use crate::net::{split_peer_addr, Multiaddr, Network, NodeConfig, NodeHandle};
 use crate::remote::{Remote, RemoteConfig};
 use crate::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use drizzle::coder;
 use drizzle::crypto::{ObjectId, VaultKeys};
 use drizzle::net::proto::{LeaseTerms, Request, Response};
-use drizzle::net::{Fault, Multiaddr, NodeConfig, NodeHandle, PeerId};
+use drizzle::net::{Fault, Multiaddr, Network, NodeConfig, NodeHandle, PeerId};
 use drizzle::remote::{fetch_object, Remote, RemoteConfig};
 use drizzle::vault::records::{FragmentLoc, Placement};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use drizzle::coder::{self, Fragment};
 use drizzle::net::proto::{LeaseTerms, Request, Response, PROTOCOL};
-use drizzle::net::{Multiaddr, NodeConfig, NodeHandle, PeerId};
+use drizzle::net::{Multiaddr, Network, NodeConfig, NodeHandle, PeerId};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;

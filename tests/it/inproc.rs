@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drizzle::crypto::VaultKeys;
-use drizzle::net::{Fault, Multiaddr, NodeConfig, NodeHandle};
+use drizzle::net::{Fault, Multiaddr, Network, NodeConfig, NodeHandle};
 use drizzle::remote::{Remote, RemoteConfig};
 use drizzle::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 

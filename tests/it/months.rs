@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drizzle::crypto::VaultKeys;
 use drizzle::maint::{Clock, GoneWindow, SimClock};
-use drizzle::net::{split_peer_addr, Multiaddr, NodeConfig, NodeHandle};
+use drizzle::net::{split_peer_addr, Multiaddr, Network, NodeConfig, NodeHandle};
 use drizzle::remote::{Remote, RemoteConfig};
 use drizzle::vault::records::Placement;
 use drizzle::vault::{Vault, VaultOptions, ROOT_INO};
