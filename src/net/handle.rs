@@ -25,16 +25,7 @@ use super::{
 impl NodeHandle {
     /// Starts a node on the current tokio runtime; returns once it listens.
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<NodeHandle> {
-        std::fs::create_dir_all(&cfg.dir)
-            .with_context(|| format!("creating {}", cfg.dir.display()))?;
-        let key = load_identity(&cfg.dir)?;
-        let mut store =
-            FragmentStore::open_with_clock(&cfg.dir, cfg.donate, cfg.grace, cfg.clock.clone())
-                .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?;
-        if let Some(pool) = cfg.grace_pool {
-            store = store.with_grace_pool(pool);
-        }
-        let frags = Arc::new(store);
+        let (key, frags) = open_node_dir(&cfg)?;
         let peer_id = key.public().to_peer_id();
         let mdns_on = cfg.mdns;
         let counters = NodeCounters::default();
@@ -57,20 +48,7 @@ impl NodeHandle {
         let book = restore(&mut swarm, &frags, &cfg.dir)?;
         let recent = book.recent(DIAL_AT_START);
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
-        let shared = Arc::new(Shared {
-            peer_id,
-            peers: RwLock::new(HashMap::new()),
-            listen: listen_tx,
-            frags,
-            counters,
-            credits: RwLock::new(HashMap::new()),
-            book: std::sync::Mutex::new(book),
-            clock: cfg.clock.clone(),
-            fault: cfg.fault,
-            inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
-            admitted: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS + INBOUND_QUEUE)),
-            gates: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(peer_id, frags, counters, book, &cfg, listen_tx));
         let shared_frags = Arc::downgrade(&shared.frags);
         let shared_book = Arc::downgrade(&shared);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -273,6 +251,48 @@ impl NodeHandle {
                 Err(None) => return Vec::new(),
             }
             rx.await.unwrap_or_default()
+        }
+    }
+}
+
+/// Opens a node's data dir: its identity and its fragment store.
+pub(super) fn open_node_dir(
+    cfg: &NodeConfig,
+) -> anyhow::Result<(libp2p::identity::Keypair, Arc<FragmentStore>)> {
+    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+    let key = load_identity(&cfg.dir)?;
+    let mut store =
+        FragmentStore::open_with_clock(&cfg.dir, cfg.donate, cfg.grace, cfg.clock.clone())
+            .with_context(|| format!("opening the fragment store in {}", cfg.dir.display()))?;
+    if let Some(pool) = cfg.grace_pool {
+        store = store.with_grace_pool(pool);
+    }
+    Ok((key, Arc::new(store)))
+}
+
+impl Shared {
+    /// A node's state, before anything is connected.
+    pub(super) fn new(
+        peer_id: PeerId,
+        frags: Arc<FragmentStore>,
+        counters: NodeCounters,
+        book: addrbook::AddressBook,
+        cfg: &NodeConfig,
+        listen: watch::Sender<Vec<Multiaddr>>,
+    ) -> Shared {
+        Shared {
+            peer_id,
+            peers: RwLock::new(HashMap::new()),
+            listen,
+            frags,
+            counters,
+            credits: RwLock::new(HashMap::new()),
+            book: std::sync::Mutex::new(book),
+            clock: cfg.clock.clone(),
+            fault: cfg.fault,
+            inbound: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS)),
+            admitted: Arc::new(tokio::sync::Semaphore::new(INBOUND_WORKERS + INBOUND_QUEUE)),
+            gates: Default::default(),
         }
     }
 }

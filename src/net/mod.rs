@@ -19,6 +19,7 @@ mod codec;
 mod driver;
 mod handle;
 mod limits;
+pub mod local;
 mod network;
 pub mod proto;
 mod serve;

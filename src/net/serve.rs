@@ -17,7 +17,7 @@ use super::proto::{LeaseTerms, Request, Response, Streamed};
 use crate::coder::FragmentId;
 use crate::fragstore::{ObjectData, PutOutcome, RootFrom, RootOutcome};
 
-use super::{Command, Driver, Fault, NodeHandle, Shared};
+use super::{Command, Driver, Fault, Shared};
 
 /// Inbound requests served at once (each on a blocking thread: disk IO).
 pub(super) const INBOUND_WORKERS: usize = 16;
@@ -113,7 +113,10 @@ impl Driver {
                 return;
             };
             tokio::task::spawn_blocking(move || {
-                let resp = answer(&shared, &handle, peer, req, mine);
+                let keep = |r| {
+                    let _ = handle.cmd.blocking_send(Command::KadKeep(r));
+                };
+                let resp = answer(&shared, peer, req, mine, &keep);
                 drop((permit, queue));
                 let _ = handle.cmd.blocking_send(Command::Respond { channel, resp });
             });
@@ -126,6 +129,13 @@ impl Driver {
 pub(super) struct Admitted {
     mine: OwnedSemaphorePermit,
     queue: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// The peer's permit and the place in the queue.
+    pub(super) fn into_permits(self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        (self.mine, self.queue)
+    }
 }
 
 impl Shared {
@@ -153,13 +163,14 @@ impl Shared {
 }
 
 /// The answer to one inbound request (on a blocking thread: disk IO).
-/// `mine` is the peer's permit for it, kept by a fragment until it is sent.
-fn answer(
+/// `mine` is the peer's permit for it, kept by a fragment until it is sent;
+/// `keep` is handed a root record this node now keeps (for its DHT store).
+pub(super) fn answer(
     shared: &Shared,
-    handle: &NodeHandle,
     peer: PeerId,
     req: Request,
     mine: OwnedSemaphorePermit,
+    keep: &dyn Fn(kad::Record),
 ) -> Response {
     if shared.fault == Some(Fault::Refuse) && rand::random_bool(0.5) {
         return Response::Refused("refusing at random (a node misbehaving on purpose)".into());
@@ -205,8 +216,7 @@ fn answer(
             },
         ) {
             Ok(RootOutcome::Stored) => {
-                let r = kad::Record::new(kad::RecordKey::new(&key), record);
-                let _ = handle.cmd.blocking_send(Command::KadKeep(r));
+                keep(kad::Record::new(kad::RecordKey::new(&key), record));
                 Response::Stored
             }
             Ok(RootOutcome::Same) => Response::Stored,

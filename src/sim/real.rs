@@ -1,8 +1,11 @@
-//! `drizzle simulate --real`: a few real nodes (libp2p on 127.0.0.1, the
-//! real fragment store with its lease collection), a real vault with real
-//! bytes and the real maintenance code ([`Remote::maintain`]: renewals,
-//! cancels, audits, lazy repair), all in this process under one
-//! [`SimClock`] that moves in five-minute steps.
+//! `drizzle simulate --real`: a few real nodes (the real fragment store
+//! with its lease collection, the real answers to requests and the real
+//! address books, joined by the in-process network of
+//! [`crate::net::local`]), a real vault with real bytes and the real
+//! maintenance code ([`Remote::maintain`]: renewals, cancels, audits, lazy
+//! repair), all in this process under one [`SimClock`] that moves in
+//! five-minute steps. Maintenance reaches the nodes through
+//! [`crate::net::Network`], as it reaches libp2p peers in the daemon.
 //!
 //! Churn follows the same inputs as the model: each node's sessions come
 //! from its class (up and down times drawn with the class's availability
@@ -10,13 +13,13 @@
 //! identity in its place, and the owner's vault is mounted only during the
 //! online part of each period (its node stops while unmounted, so it
 //! watches nobody then). A node that goes down is stopped; one that comes
-//! back starts again on its old address with its old store.
+//! back starts again with its old store.
 //!
 //! What the model cannot check, this does: at the end every node comes
 //! back, every object is read and compared byte for byte, every placed
 //! fragment is looked for in its holder's store, and fragments nobody's
-//! placement names are counted as leftovers. Transfers take real time on
-//! loopback (the repair rate limit is in real seconds). Not modelled here:
+//! placement names are counted as leftovers. The repair rate limit is in
+//! real seconds. Not modelled here:
 //! subnet outages and `repair_delay` (repairs take what they take); the
 //! report's repair latency is the configured window for unknown peers,
 //! not a measurement.
@@ -33,7 +36,8 @@ use rand::{Rng, SeedableRng};
 use super::{exp, poisson99, wilson99, Change, DayPoint, Decision, Report, SimConfig, Trace};
 use crate::crypto::{ObjectId, VaultKeys};
 use crate::maint::{Clock, SimClock};
-use crate::net::{split_peer_addr, Multiaddr, Network, NodeConfig, NodeHandle};
+use crate::net::local::{LocalNet, LocalNode};
+use crate::net::{Network, NodeConfig};
 use crate::remote::{Remote, RemoteConfig};
 use crate::vault::{Kind, Vault, VaultOptions, ROOT_INO};
 
@@ -55,10 +59,7 @@ const START: u64 = 1_800_000_000;
 struct Peer {
     class: usize,
     dir: PathBuf,
-    /// Where it listens (kept across restarts; a departure's successor
-    /// gets a new one).
-    addr: Multiaddr,
-    node: Option<NodeHandle>,
+    node: Option<LocalNode>,
     up: bool,
     next_flip: u64,
     departs_at: u64,
@@ -75,18 +76,17 @@ struct Mount {
     /// Maintenance's own runtime: dropping it ends every task of the mount.
     rt: tokio::runtime::Runtime,
     vault: Arc<Vault>,
-    vnode: NodeHandle,
+    vnode: LocalNode,
     remote: Arc<Remote>,
 }
 
 struct World {
     cfg: SimConfig,
-    rt: tokio::runtime::Runtime,
+    net: Arc<LocalNet>,
     clock: Arc<SimClock>,
     rng: StdRng,
     dir: PathBuf,
     peers: Vec<Peer>,
-    vault_addr: Multiaddr,
     mount: Option<Mount>,
     /// Generation counter for departed nodes' successors.
     generation: u32,
@@ -144,15 +144,14 @@ pub fn run(cfg: &SimConfig, dir: &Path, mut progress: impl FnMut(u32)) -> Result
         w.clock.set(t);
         // Mounts start a step and unmounts end one, so the vault watches
         // the nodes over whole steps: what it saw over the last five
-        // minutes, then this step's changes, then maintenance.
+        // minutes (and the nodes' lease collection), then this step's
+        // changes, then maintenance.
         if w.online(t) && w.mount.is_none() {
             w.mount()?;
         }
-        if let Some(m) = &w.mount {
-            m.vnode.observe_peers();
-        }
-        let changed = w.churn(t)?;
-        w.owner(t, changed)?;
+        w.net.tick();
+        w.churn(t)?;
+        w.owner(t)?;
         if (t - START) % HOUR == 0 {
             w.hourly();
         }
@@ -173,10 +172,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the runtime: {e}"))
 }
 
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")
-}
-
 /// The content of object `i` (the same for the same seed).
 fn content(seed: u64, i: u32, len: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -194,11 +189,10 @@ impl World {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut w = World {
             rng: StdRng::seed_from_u64(cfg.seed),
-            rt: runtime()?,
+            net: LocalNet::new(),
             clock: SimClock::new(START),
             dir: dir.to_path_buf(),
             peers: Vec::new(),
-            vault_addr: loopback(),
             mount: None,
             generation: 0,
             departures: 0,
@@ -251,7 +245,6 @@ impl World {
         Peer {
             class,
             dir: self.dir.join(format!("node-{}", self.generation)),
-            addr: loopback(),
             node: None,
             up: true,
             next_flip: u64::MAX,
@@ -262,19 +255,14 @@ impl World {
         }
     }
 
-    /// Starts peer `i` (on its old address, with its old store).
+    /// Starts peer `i` (with its old store).
     fn start(&mut self, i: usize) -> Result<(), String> {
         let mut cfg = NodeConfig::new(self.peers[i].dir.clone(), self.donation());
-        cfg.conn_limits.per_ip = 1000;
-        cfg.listen = vec![self.peers[i].addr.clone()];
-        cfg.peers = self.bootstrap(i);
         cfg.clock = self.clock.clone();
-        // Leases are collected by `hourly`, on the simulated clock.
-        cfg.gc_interval = Duration::from_secs(3600);
         let started = Instant::now();
-        // A stopped node lets go of its store as its tasks end.
+        // A stopped node lets go of its store as its requests end.
         let node = loop {
-            match self.rt.block_on(NodeHandle::start(cfg.clone())) {
+            match self.net.join(&cfg) {
                 Ok(n) => break n,
                 Err(_) if started.elapsed() < Duration::from_secs(20) => {
                     std::thread::sleep(Duration::from_millis(100));
@@ -282,30 +270,11 @@ impl World {
                 Err(e) => return Err(format!("starting node {i}: {e:#}")),
             }
         };
-        if let Some(a) = node.listen_addrs().first() {
-            self.peers[i].addr = split_peer_addr(a).0;
-        }
         self.peers[i].id = Some(node.peer_id().to_bytes());
         self.slot_of.insert(node.peer_id().to_bytes(), i as u32);
         self.peers[i].node = Some(node);
         self.peers[i].up = true;
         Ok(())
-    }
-
-    /// Addresses of running nodes (and the vault's) to bootstrap from.
-    fn bootstrap(&self, except: usize) -> Vec<Multiaddr> {
-        let mut out: Vec<Multiaddr> = self
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != except)
-            .filter_map(|(_, p)| p.node.as_ref()?.listen_addrs().into_iter().next())
-            .take(3)
-            .collect();
-        if let Some(m) = &self.mount {
-            out.extend(m.vnode.listen_addrs().into_iter().take(1));
-        }
-        out
     }
 
     /// Notes a change of slot `i` in the trace (with `record_decisions`).

@@ -1,6 +1,6 @@
 //! The steps of a `--real` run: the first upload, node churn, the owner's
-//! mounts with a maintenance round per step, hourly lease collection and
-//! read samples, and the final checks that make the report.
+//! mounts with a maintenance round per step, hourly read samples, and the
+//! final checks that make the report.
 
 use super::*;
 use crate::maint::markov;
@@ -53,60 +53,25 @@ impl World {
             }
         };
         let mut ncfg = NodeConfig::new(vdir.join("node"), 0);
-        ncfg.listen = vec![self.vault_addr.clone()];
-        ncfg.peers = self.bootstrap(usize::MAX);
         ncfg.clock = self.clock.clone();
+        let vnode = self
+            .net
+            .join(&ncfg)
+            .map_err(|e| format!("starting the vault's node: {e:#}"))?;
+        // Watching starts now.
+        vnode.observe_peers();
         let rt = runtime()?;
-        let (v, rcfg) = (vault.clone(), self.remote_config());
-        let (vnode, remote) = rt.block_on(async move {
-            let vnode = NodeHandle::start(ncfg)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            let remote = Remote::start_with(v, vnode.clone(), rcfg);
-            Ok::<_, String>((vnode, remote))
-        })?;
-        if let Some(a) = vnode.listen_addrs().first() {
-            self.vault_addr = split_peer_addr(a).0;
-        }
+        let remote = {
+            let _in = rt.enter();
+            Remote::start_with(vault.clone(), vnode.clone(), self.remote_config())
+        };
         self.mount = Some(Mount {
             rt,
             vault,
             vnode,
             remote,
         });
-        self.settle(Duration::from_secs(10));
-        // Watching starts now.
-        if let Some(m) = &self.mount {
-            m.vnode.observe_peers();
-        }
         Ok(())
-    }
-
-    /// Waits (real time, at most `limit`) until the vault's node is
-    /// connected to every running node and to no other, so that what it
-    /// watches is the step's state.
-    pub(super) fn settle(&self, limit: Duration) {
-        let Some(m) = &self.mount else { return };
-        let running: HashSet<crate::net::PeerId> = self
-            .peers
-            .iter()
-            .filter_map(|p| p.node.as_ref())
-            .map(|n| n.peer_id())
-            .collect();
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            let connected: HashSet<crate::net::PeerId> = m
-                .vnode
-                .peers()
-                .into_iter()
-                .filter(|(_, p)| p.connected())
-                .map(|(id, _)| id)
-                .collect();
-            if connected == running {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Unmounts: maintenance and the vault's node stop.
@@ -228,9 +193,8 @@ impl World {
         online >= period || (t - START) % period.max(1) < online
     }
 
-    /// Departures and session flips due by `t`; whether anything changed.
-    pub(super) fn churn(&mut self, t: u64) -> Result<bool, String> {
-        let mut changed = false;
+    /// Departures and session flips due by `t`.
+    pub(super) fn churn(&mut self, t: u64) -> Result<(), String> {
         for i in 0..self.peers.len() {
             if self.peers[i].departs_at <= t {
                 self.stop(i);
@@ -244,7 +208,6 @@ impl World {
                 self.note(t, i, Change::Depart);
                 let c = self.cfg.classes[self.peers[i].class].clone();
                 self.peers[i].next_flip = t + self.session(c.availability, c.session_hours, true);
-                changed = true;
             } else if self.peers[i].next_flip <= t {
                 let up = !self.peers[i].up;
                 if up {
@@ -256,21 +219,17 @@ impl World {
                 }
                 let c = self.cfg.classes[self.peers[i].class].clone();
                 self.peers[i].next_flip = t + self.session(c.availability, c.session_hours, up);
-                changed = true;
             }
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// The owner's side of a step, after its churn: unmount when the
     /// online hours are over; while mounted, a maintenance round (the
     /// mount and the uptime count start the step, in [`run`]).
-    pub(super) fn owner(&mut self, t: u64, changed: bool) -> Result<(), String> {
+    pub(super) fn owner(&mut self, t: u64) -> Result<(), String> {
         if !self.online(t) {
             return self.unmount();
-        }
-        if changed {
-            self.settle(Duration::from_millis(500));
         }
         if let Some(m) = &self.mount {
             m.rt.block_on(m.remote.maintain());
@@ -287,14 +246,9 @@ impl World {
             .collect()
     }
 
-    /// Every hour: the nodes collect expired leases; while mounted, is
-    /// each object readable from the nodes that are up?
+    /// Every hour, while mounted: is each object readable from the nodes
+    /// that are up?
     pub(super) fn hourly(&mut self) {
-        for n in self.peers.iter().filter_map(|p| p.node.as_ref()) {
-            if let Err(e) = n.expire_now() {
-                tracing::warn!("collecting expired leases: {e}");
-            }
-        }
         let Some(m) = &self.mount else { return };
         let Ok(all) = m.vault.placements() else {
             return;
@@ -351,8 +305,6 @@ impl World {
         }
         if self.mount.is_none() {
             self.mount()?;
-        } else {
-            self.settle(Duration::from_secs(10));
         }
         let mut checks = self.check()?;
         self.unmount()?;
