@@ -268,6 +268,13 @@ impl Remote {
                 continue;
             }
             for chunk in items.chunks(LEASE_BATCH) {
+                let _alone = self.placing.write().await;
+                let Some(chunk) = self.not_placed_again(chunk.to_vec()).await else {
+                    break;
+                };
+                if chunk.is_empty() {
+                    continue;
+                }
                 let req = Request::Cancel {
                     items: chunk
                         .iter()
@@ -275,13 +282,42 @@ impl Remote {
                         .collect(),
                 };
                 match tokio::time::timeout(PUT_TIMEOUT, self.node.request(peer, req)).await {
-                    Ok(Ok(Response::Has(_))) => self.forget_released_async(chunk.to_vec()).await,
+                    Ok(Ok(Response::Has(_))) => self.forget_released_async(chunk).await,
                     // Unreachable: try again later (or the lease expires).
                     _ => break,
                 }
             }
         }
         Ok(next)
+    }
+
+    /// The entries of `items` whose fragment is not in its object's
+    /// placement again; the others are forgotten (their lease is live
+    /// again). None on a storage error.
+    async fn not_placed_again(&self, items: Vec<Released>) -> Option<Vec<Released>> {
+        let vault = self.vault.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut still = Vec::new();
+            let mut again = Vec::new();
+            for r in items {
+                if vault.placed_again(&r)? {
+                    again.push(r);
+                } else {
+                    still.push(r);
+                }
+            }
+            vault.forget_released(&again)?;
+            Ok::<_, crate::vault::VaultError>(still)
+        })
+        .await;
+        match res {
+            Ok(Ok(still)) => Some(still),
+            Ok(Err(e)) => {
+                tracing::warn!("checking released leases: {e}");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn forget_released_async(&self, items: Vec<Released>) {

@@ -138,6 +138,12 @@ pub struct Remote {
     renew_state: tokio::sync::Mutex<leases::RenewState>,
     /// Where the next cancel pass of [`maintain`](Self::maintain) goes on.
     cancel_after: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Uploads and repairs hold it shared from their first PUT to their
+    /// commit; a cancel holds it alone from its last check that its
+    /// fragments are not placed again to the holder's answer. So a cancel
+    /// never lands on a fragment that the same content, uploaded anew,
+    /// placed on the same holder meanwhile.
+    placing: tokio::sync::RwLock<()>,
     /// Repairs carried out, when [`RemoteConfig::record_repairs`] is set
     /// (at most [`repair::MAX_RECORDS`]).
     repair_log: Mutex<Vec<RepairRecord>>,
@@ -240,6 +246,7 @@ impl Remote {
             last_audit: Mutex::new(0),
             renew_state: Default::default(),
             cancel_after: Default::default(),
+            placing: Default::default(),
             repair_log: Default::default(),
             // Nodes grant at most their maximum: renewal follows what they grant.
             lease_secs: lease_secs.clamp(1, crate::fragstore::MAX_LEASE_SECS),

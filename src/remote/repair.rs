@@ -312,6 +312,7 @@ impl Remote {
         plan: &Plan,
         extra: &[FragmentLoc],
     ) -> Result<(u64, Vec<Vec<u8>>), String> {
+        let _placing = self.placing.read().await;
         let keep: Vec<FragmentLoc> = old
             .fragments
             .iter()

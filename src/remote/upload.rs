@@ -109,7 +109,9 @@ impl Remote {
         if !self.state().in_flight.insert(id) {
             return Ok(());
         }
+        let placing = self.placing.read().await;
         let r = self.upload_inner(id).await;
+        drop(placing);
         self.state().in_flight.remove(&id);
         r
     }

@@ -11,6 +11,7 @@ mod flood;
 mod hostile;
 mod inproc;
 mod local;
+mod localnet;
 mod months;
 mod network;
 mod parsers;
