@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use libp2p::multiaddr::Protocol;
 
+use super::network::answered_by_shared;
 use super::proto::{Capacity, Request, Response};
 use super::{addrbook, handle, serve, NetError, Network, NodeConfig, NodeCounters, PeerId};
 use super::{Fault, PeerInfo, Shared};
@@ -233,16 +234,10 @@ impl LocalNode {
 }
 
 impl Network for LocalNode {
+    answered_by_shared!();
+
     fn handle(&self) -> Arc<dyn Network> {
         Arc::new(self.clone())
-    }
-
-    fn peer_id(&self) -> PeerId {
-        self.shared.peer_id
-    }
-
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.shared.clock.clone()
     }
 
     fn request(
@@ -256,38 +251,10 @@ impl Network for LocalNode {
         }
     }
 
-    fn peers(&self) -> HashMap<PeerId, PeerInfo> {
-        self.shared.peer_table()
-    }
-
-    fn is_connected(&self, peer: &PeerId) -> bool {
-        self.shared.is_connected(peer)
-    }
-
-    fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
-        self.shared.uptime(peer)
-    }
-
     /// Every running node is connected: nothing to dial.
     fn find_peer(&self, _peer: PeerId) {}
 
     fn look_for_peers(&self) {}
-
-    fn strike(&self, peer: &PeerId, why: &str) {
-        self.shared.strike(peer, why)
-    }
-
-    fn note_capacity(&self, peer: &PeerId, f: &mut dyn FnMut(&mut Capacity)) {
-        self.shared.note_capacity(peer, f)
-    }
-
-    fn add_credit(&self, peer: &PeerId, bytes: u64) {
-        self.shared.add_credit(peer, bytes)
-    }
-
-    fn forfeit_credit(&self, peer: &PeerId) {
-        self.shared.forfeit_credit(peer)
-    }
 
     fn keep_root(&self, key: &[u8; 32], record: &[u8]) -> Result<RootOutcome, String> {
         self.shared

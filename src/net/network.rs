@@ -165,17 +165,55 @@ impl Shared {
     }
 }
 
+/// The [`Network`] methods every implementation answers from its node's
+/// `Shared` state (a `shared` field): the peer table, uptime, strikes,
+/// credits, identity and clock.
+macro_rules! answered_by_shared {
+    () => {
+        fn peer_id(&self) -> PeerId {
+            self.shared.peer_id
+        }
+
+        fn clock(&self) -> Arc<dyn Clock> {
+            self.shared.clock.clone()
+        }
+
+        fn peers(&self) -> HashMap<PeerId, PeerInfo> {
+            self.shared.peer_table()
+        }
+
+        fn is_connected(&self, peer: &PeerId) -> bool {
+            self.shared.is_connected(peer)
+        }
+
+        fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
+            self.shared.uptime(peer)
+        }
+
+        fn strike(&self, peer: &PeerId, why: &str) {
+            self.shared.strike(peer, why)
+        }
+
+        fn note_capacity(&self, peer: &PeerId, f: &mut dyn FnMut(&mut Capacity)) {
+            self.shared.note_capacity(peer, f)
+        }
+
+        fn add_credit(&self, peer: &PeerId, bytes: u64) {
+            self.shared.add_credit(peer, bytes)
+        }
+
+        fn forfeit_credit(&self, peer: &PeerId) {
+            self.shared.forfeit_credit(peer)
+        }
+    };
+}
+pub(super) use answered_by_shared;
+
 impl Network for NodeHandle {
+    answered_by_shared!();
+
     fn handle(&self) -> Arc<dyn Network> {
         Arc::new(self.clone())
-    }
-
-    fn peer_id(&self) -> PeerId {
-        self.shared.peer_id
-    }
-
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.shared.clock.clone()
     }
 
     fn request(
@@ -187,18 +225,6 @@ impl Network for NodeHandle {
         Box::pin(async move { me.send_request(peer, req).await })
     }
 
-    fn peers(&self) -> HashMap<PeerId, PeerInfo> {
-        self.shared.peer_table()
-    }
-
-    fn is_connected(&self, peer: &PeerId) -> bool {
-        self.shared.is_connected(peer)
-    }
-
-    fn uptime(&self, peer: &PeerId) -> Option<Uptime> {
-        self.shared.uptime(peer)
-    }
-
     fn find_peer(&self, peer: PeerId) {
         if !self.shared.is_connected(&peer) {
             self.command(super::Command::Find(peer));
@@ -207,22 +233,6 @@ impl Network for NodeHandle {
 
     fn look_for_peers(&self) {
         self.command(super::Command::Bootstrap);
-    }
-
-    fn strike(&self, peer: &PeerId, why: &str) {
-        self.shared.strike(peer, why)
-    }
-
-    fn note_capacity(&self, peer: &PeerId, f: &mut dyn FnMut(&mut Capacity)) {
-        self.shared.note_capacity(peer, f)
-    }
-
-    fn add_credit(&self, peer: &PeerId, bytes: u64) {
-        self.shared.add_credit(peer, bytes)
-    }
-
-    fn forfeit_credit(&self, peer: &PeerId) {
-        self.shared.forfeit_credit(peer)
     }
 
     fn keep_root(&self, key: &[u8; 32], record: &[u8]) -> Result<RootOutcome, String> {
