@@ -235,9 +235,9 @@ impl Remote {
                 .flatten();
             let (mut todo, mut done, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
             for r in items {
-                if r.since.is_some_and(|t| now >= t.saturating_add(lease))
-                    || vault.placed_again(&r)?
-                {
+                // Entries placed again are forgotten per batch, under the
+                // lock (`not_placed_again`).
+                if r.since.is_some_and(|t| now >= t.saturating_add(lease)) {
                     done.push(r);
                 } else {
                     if r.since.is_none() {
